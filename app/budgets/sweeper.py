@@ -1,0 +1,67 @@
+"""The expiry sweeper: appends ``expired`` for overdue holds and releases them.
+
+Used by ``serve`` (a background thread) and by ``usage-ledger expire`` (for cron). Each hold is
+expired in its own transaction, so one tenant per transaction, and a commit racing the sweeper
+either settles first (the sweeper then skips it) or finds it expired and is charged as late.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+
+from app.budgets import holds, queries
+
+log = logging.getLogger(__name__)
+
+
+def expire_due(engine: Engine, *, now: datetime | None = None, batch: int = 500) -> int:
+    """Expire every hold past its expiry at ``now``; returns how many were expired."""
+    total = 0
+    while True:
+        moment = now or datetime.now(UTC)
+        with engine.connect() as conn:
+            due = queries.due_reservations(conn, now=moment, limit=batch)
+        if not due:
+            return total
+        expired_now = 0
+        for org, reservation_id in due:
+            try:
+                with engine.begin() as conn:
+                    if holds.expire_one(conn, org=org, reservation_id=reservation_id, now=moment):
+                        expired_now += 1
+            except OperationalError as error:  # lock timeout: a commit holds it; next sweep
+                log.warning("expiry of %s postponed: %s", reservation_id, error.orig)
+        total += expired_now
+        if len(due) < batch or expired_now == 0:
+            return total
+
+
+class Sweeper:
+    """Runs ``expire_due`` every ``interval`` seconds in a daemon thread until stopped."""
+
+    def __init__(self, engine: Engine, interval: float) -> None:
+        self.engine = engine
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="expiry-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                count = expire_due(self.engine)
+                if count:
+                    log.info("expired %d overdue holds", count)
+            except Exception:
+                log.exception("expiry sweep failed; retrying next interval")

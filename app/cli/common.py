@@ -1,0 +1,30 @@
+"""What every command does first: settings, then the one database they all share."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine
+
+from app.config import Settings
+from app.db import migrate
+from app.db.engine import Database, make_engine
+
+
+@contextmanager
+def open_database(ns: argparse.Namespace, *, run_migrations: bool = True) -> Iterator[Engine]:
+    """The configured database (or the embedded one), migrated to head, as an engine."""
+    settings = Settings.from_namespace(ns)
+    database = Database(settings)
+    try:
+        if run_migrations:
+            migrate.upgrade(database.url)
+        engine = make_engine(database.url, settings=settings)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+    finally:
+        database.close()

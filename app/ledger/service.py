@@ -1,0 +1,128 @@
+"""Appending to and reading the event stream: the ledger's only public API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, RowMapping, and_, func, insert, literal_column, select
+
+from app.ledger.events import CURRENT_VERSIONS, Event, Payload, upcast
+from app.ledger.tables import ledger_events
+
+# Readers return only events of transactions older than every transaction still running:
+# their seq is below (snapshot xmin << 20), and nothing can be inserted there any more.
+# A transaction also sees its own events.
+_SETTLED = literal_column(
+    "(ledger_events.seq < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)"
+    " OR (ledger_events.seq >> 20) = pg_current_xact_id_if_assigned()::text::bigint)"
+)
+
+
+def append(
+    conn: Connection,
+    *,
+    org: str,
+    event_type: str,
+    payload: Payload,
+    occurred_at: datetime,
+    request_id: str | None = None,
+    reservation_id: UUID | None = None,
+    budget_id: UUID | None = None,
+    budget_ids: Sequence[UUID] = (),
+    amount_pico_usd: int | None = None,
+) -> None:
+    """Append one event at the current schema version of its type."""
+    append_many(
+        conn,
+        [
+            {
+                "org": org,
+                "event_type": event_type,
+                "payload": payload,
+                "occurred_at": occurred_at,
+                "request_id": request_id,
+                "reservation_id": reservation_id,
+                "budget_id": budget_id,
+                "budget_ids": list(budget_ids),
+                "amount_pico_usd": amount_pico_usd,
+            }
+        ],
+    )
+
+
+def append_many(conn: Connection, events: Sequence[dict[str, Any]]) -> None:
+    """Append several events in one statement (seq is assigned by the database, in order)."""
+    if not events:
+        return
+    rows = []
+    for event in events:
+        row = {
+            "request_id": None,
+            "reservation_id": None,
+            "budget_id": None,
+            "budget_ids": [],
+            "amount_pico_usd": None,
+            **event,
+        }
+        row["schema_version"] = CURRENT_VERSIONS[row["event_type"]]
+        row["budget_ids"] = list(row["budget_ids"])
+        rows.append(row)
+    conn.execute(insert(ledger_events), rows)
+
+
+def _to_event(row: RowMapping) -> Event:
+    return Event(
+        seq=row["seq"],
+        org=row["org"],
+        event_type=row["event_type"],
+        request_id=row["request_id"],
+        reservation_id=row["reservation_id"],
+        budget_id=row["budget_id"],
+        budget_ids=tuple(row["budget_ids"] or ()),
+        amount_pico_usd=row["amount_pico_usd"],
+        payload=upcast(row["event_type"], row["schema_version"], dict(row["payload"])),
+        occurred_at=row["occurred_at"],
+        recorded_at=row["recorded_at"],
+    )
+
+
+def read_events(
+    conn: Connection,
+    *,
+    after: int = 0,
+    limit: int = 100,
+    org: str | None = None,
+    request_id: str | None = None,
+    reservation_id: UUID | None = None,
+) -> list[Event]:
+    """A page of events with seq > ``after``, in seq order, never skipping a late commit."""
+    conditions = [ledger_events.c.seq > after, _SETTLED]
+    if org is not None:
+        conditions.append(ledger_events.c.org == org)
+    if request_id is not None:
+        conditions.append(ledger_events.c.request_id == request_id)
+    if reservation_id is not None:
+        conditions.append(ledger_events.c.reservation_id == reservation_id)
+    query = (
+        select(ledger_events).where(and_(*conditions)).order_by(ledger_events.c.seq).limit(limit)
+    )
+    return [_to_event(row) for row in conn.execute(query).mappings()]
+
+
+def stream_events(conn: Connection, *, batch_size: int = 5000) -> Iterator[Event]:
+    """Every event in seq order, fetched in batches through a server-side cursor."""
+    query = (
+        select(ledger_events)
+        .order_by(ledger_events.c.seq)
+        .execution_options(stream_results=True, yield_per=batch_size)
+    )
+    result = conn.execute(query)
+    for row in result.mappings():
+        yield _to_event(row)
+
+
+def count_events(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(ledger_events)).scalar_one())

@@ -1,0 +1,54 @@
+"""Exact money: integer pico-USD (1e-12 USD) everywhere inside the ledger.
+
+The unit is chosen so that every token rate in LiteLLM's price map is an integer (see
+docs/pricing.md); amounts cross the API as decimal strings of USD. No float is ever involved.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+PICO_PER_USD = 10**12
+_USD_PATTERN = re.compile(r"^(?P<sign>-?)(?P<whole>\d{1,15})(?:\.(?P<frac>\d{1,12}))?$")
+
+
+class InvalidAmount(ValueError):
+    """A money string that is not a plain decimal of USD with at most 12 decimals."""
+
+
+def parse_usd(text: str, *, allow_negative: bool = False) -> int:
+    """Parse a decimal USD string (``"12.50"``) into pico-USD, refusing anything inexact.
+
+    Exponents, NaN, Infinity, thousands separators and more than 12 decimals are refused: a
+    value the ledger would have to round is an error, not a guess.
+    """
+    if not isinstance(text, str):
+        raise InvalidAmount("must be a decimal string of USD, e.g. \"12.50\"")
+    match = _USD_PATTERN.match(text.strip())
+    if match is None:
+        raise InvalidAmount(
+            "must be a plain decimal string of USD with at most 12 decimals, e.g. \"12.50\""
+        )
+    whole = int(match["whole"])
+    frac = (match["frac"] or "").ljust(12, "0")
+    amount = whole * PICO_PER_USD + int(frac)
+    if match["sign"]:
+        amount = -amount
+    if amount < 0 and not allow_negative:
+        raise InvalidAmount("must not be negative")
+    return amount
+
+
+def format_usd(pico_usd: int) -> str:
+    """Format pico-USD as the shortest exact decimal string of USD (``1500000000000`` -> ``"1.5"``)."""
+    sign = "-" if pico_usd < 0 else ""
+    whole, frac = divmod(abs(pico_usd), PICO_PER_USD)
+    if frac == 0:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{str(frac).rjust(12, '0').rstrip('0')}"
+
+
+def usd_decimal(pico_usd: int) -> Decimal:
+    """The exact Decimal value of an amount in pico-USD."""
+    return Decimal(pico_usd).scaleb(-12)
