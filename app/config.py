@@ -37,7 +37,9 @@ class Settings:
     @staticmethod
     def from_namespace(ns: argparse.Namespace) -> Settings:
         """Build settings from parsed flags; every flag has an environment fallback."""
-        values = {name: getattr(ns, name) for name in _FIELDS if getattr(ns, name, None) is not None}
+        values = {
+            name: getattr(ns, name) for name in _FIELDS if getattr(ns, name, None) is not None
+        }
         if "data_dir" in values:
             values["data_dir"] = Path(values["data_dir"])
         return Settings(**values)

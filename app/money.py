@@ -10,7 +10,7 @@ import re
 from decimal import Decimal
 
 PICO_PER_USD = 10**12
-_USD_PATTERN = re.compile(r"^(?P<sign>-?)(?P<whole>\d{1,15})(?:\.(?P<frac>\d{1,12}))?$")
+_USD_PATTERN = re.compile(r"^(?P<sign>-?)(?P<whole>[0-9]{1,15})(?:\.(?P<frac>[0-9]{1,12}))?$")
 
 
 class InvalidAmount(ValueError):
@@ -24,11 +24,11 @@ def parse_usd(text: str, *, allow_negative: bool = False) -> int:
     value the ledger would have to round is an error, not a guess.
     """
     if not isinstance(text, str):
-        raise InvalidAmount("must be a decimal string of USD, e.g. \"12.50\"")
-    match = _USD_PATTERN.match(text.strip())
+        raise InvalidAmount('must be a decimal string of USD, e.g. "12.50"')
+    match = _USD_PATTERN.match(text)
     if match is None:
         raise InvalidAmount(
-            "must be a plain decimal string of USD with at most 12 decimals, e.g. \"12.50\""
+            'must be a plain decimal string of USD with at most 12 decimals, e.g. "12.50"'
         )
     whole = int(match["whole"])
     frac = (match["frac"] or "").ljust(12, "0")
@@ -41,7 +41,7 @@ def parse_usd(text: str, *, allow_negative: bool = False) -> int:
 
 
 def format_usd(pico_usd: int) -> str:
-    """Format pico-USD as the shortest exact decimal string of USD (``1500000000000`` -> ``"1.5"``)."""
+    """Format pico-USD as the shortest exact decimal string of USD (10**12 -> ``"1"``)."""
     sign = "-" if pico_usd < 0 else ""
     whole, frac = divmod(abs(pico_usd), PICO_PER_USD)
     if frac == 0:

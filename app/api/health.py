@@ -26,9 +26,9 @@ def readyz(request: Request) -> JSONResponse:
             conn.execute(text("SELECT 1"))
             at_head = migrate.is_at_head(conn)
     except Exception as error:
-        return JSONResponse({"status": "unavailable", "database": str(type(error).__name__)},
-                            status_code=503)
+        return JSONResponse(
+            {"status": "unavailable", "database": str(type(error).__name__)}, status_code=503
+        )
     if not at_head:
-        return JSONResponse({"status": "unavailable", "migrations": "behind head"},
-                            status_code=503)
+        return JSONResponse({"status": "unavailable", "migrations": "behind head"}, status_code=503)
     return JSONResponse({"status": "ok", "database": "reachable", "migrations": "at head"})

@@ -43,44 +43,67 @@ def install(app: FastAPI) -> None:
         errors = error.errors()
         first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
         field = _field_path(tuple(first.get("loc", ("body",))))
-        return problem_response({
-            "type": PROBLEM_BASE + "invalid-input",
-            "title": "Invalid input",
-            "status": 422,
-            "detail": f"{field}: {first.get('msg', 'invalid')}",
-            "field": field,
-            "errors": [
-                {"field": _field_path(tuple(e.get("loc", ()))), "message": str(e.get("msg"))}
-                for e in errors
-            ],
-            "instance": request.url.path,
-        })
+        return problem_response(
+            {
+                "type": PROBLEM_BASE + "invalid-input",
+                "title": "Invalid input",
+                "status": 422,
+                "detail": f"{field}: {first.get('msg', 'invalid')}",
+                "field": field,
+                "errors": [
+                    {"field": _field_path(tuple(e.get("loc", ()))), "message": str(e.get("msg"))}
+                    for e in errors
+                ],
+                "instance": request.url.path,
+            }
+        )
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        slug = {404: "not-found", 405: "method-not-allowed", 401: "unauthorized",
-                403: "forbidden", 413: "payload-too-large"}.get(error.status_code, "http-error")
-        return problem_response({
-            "type": PROBLEM_BASE + slug, "title": str(error.detail), "status": error.status_code,
-            "detail": str(error.detail), "instance": request.url.path,
-        }, headers=getattr(error, "headers", None))
+        slug = {
+            404: "not-found",
+            405: "method-not-allowed",
+            401: "unauthorized",
+            403: "forbidden",
+            413: "payload-too-large",
+        }.get(error.status_code, "http-error")
+        return problem_response(
+            {
+                "type": PROBLEM_BASE + slug,
+                "title": str(error.detail),
+                "status": error.status_code,
+                "detail": str(error.detail),
+                "instance": request.url.path,
+            },
+            headers=getattr(error, "headers", None),
+        )
 
     @app.exception_handler(PoolTimeout)
     async def pool_exhausted(request: Request, error: PoolTimeout) -> JSONResponse:
-        return problem_response({
-            "type": PROBLEM_BASE + "unavailable", "title": "Service unavailable", "status": 503,
-            "detail": "all database connections are busy; retry shortly",
-            "instance": request.url.path,
-        }, headers={"Retry-After": "1"})
+        return problem_response(
+            {
+                "type": PROBLEM_BASE + "unavailable",
+                "title": "Service unavailable",
+                "status": 503,
+                "detail": "all database connections are busy; retry shortly",
+                "instance": request.url.path,
+            },
+            headers={"Retry-After": "1"},
+        )
 
     @app.exception_handler(OperationalError)
     async def database_busy(request: Request, error: OperationalError) -> JSONResponse:
         log.warning("database unavailable on %s: %s", request.url.path, error.orig)
-        return problem_response({
-            "type": PROBLEM_BASE + "unavailable", "title": "Service unavailable", "status": 503,
-            "detail": "the database is busy or unreachable; retry with the same request_id",
-            "instance": request.url.path,
-        }, headers={"Retry-After": "1"})
+        return problem_response(
+            {
+                "type": PROBLEM_BASE + "unavailable",
+                "title": "Service unavailable",
+                "status": 503,
+                "detail": "the database is busy or unreachable; retry with the same request_id",
+                "instance": request.url.path,
+            },
+            headers={"Retry-After": "1"},
+        )
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, error: DBAPIError) -> JSONResponse:
@@ -93,10 +116,16 @@ def install(app: FastAPI) -> None:
 
 def _internal(request: Request, error: Exception) -> JSONResponse:
     incident = uuid.uuid4().hex
-    log.error("unexpected error %s on %s %s", incident, request.method, request.url.path,
-              exc_info=error)
-    return problem_response({
-        "type": PROBLEM_BASE + "internal-error", "title": "Internal error", "status": 500,
-        "detail": f"an unexpected error occurred; incident {incident} is logged",
-        "incident": incident, "instance": request.url.path,
-    })
+    log.error(
+        "unexpected error %s on %s %s", incident, request.method, request.url.path, exc_info=error
+    )
+    return problem_response(
+        {
+            "type": PROBLEM_BASE + "internal-error",
+            "title": "Internal error",
+            "status": 500,
+            "detail": f"an unexpected error occurred; incident {incident} is logged",
+            "incident": incident,
+            "instance": request.url.path,
+        }
+    )

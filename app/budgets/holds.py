@@ -53,37 +53,51 @@ def _delta_payload(deltas: Sequence[Delta]) -> list[dict[str, Any]]:
 
 def _holds_payload(holds: Sequence[Hold]) -> list[dict[str, str]]:
     return [
-        {"budget_id": str(h.budget_id), "period_start": h.period_start.isoformat(),
-         "period_end": h.period_end.isoformat()}
+        {
+            "budget_id": str(h.budget_id),
+            "period_start": h.period_start.isoformat(),
+            "period_end": h.period_end.isoformat(),
+        }
         for h in holds
     ]
 
 
 def _holds_from_payload(payload: Sequence[dict[str, str]]) -> list[Hold]:
     return [
-        Hold(UUID(h["budget_id"]), datetime.fromisoformat(h["period_start"]),
-             datetime.fromisoformat(h["period_end"]))
+        Hold(
+            UUID(h["budget_id"]),
+            datetime.fromisoformat(h["period_start"]),
+            datetime.fromisoformat(h["period_end"]),
+        )
         for h in payload
     ]
 
 
 def _check_hard_limits(
-    budgets: Sequence[Budget], balances: dict[tuple[UUID, datetime], tuple[int, int]],
-    holds: Sequence[Hold], amount: int,
+    budgets: Sequence[Budget],
+    after: dict[tuple[UUID, datetime], tuple[int, int]],
+    holds: Sequence[Hold],
+    amount: int,
 ) -> list[BudgetRemaining]:
-    """Refuse when a hard budget cannot take ``amount``; else each budget's remaining after."""
+    """Refuse when a hard budget went past its limit by taking ``amount`` (the caller's
+    transaction then rolls the change back); else each budget's remaining after it."""
     remaining = []
     for budget, hold in zip(budgets, holds, strict=True):
-        spent, held = balances[(hold.budget_id, hold.period_start)]
+        spent, held = after[(hold.budget_id, hold.period_start)]
         left = budget.limit_pico_usd - spent - held
-        if budget.mode == "hard" and amount > left:
+        if budget.mode == "hard" and amount > 0 and left < 0:
             raise BudgetExceeded(
-                budget_id=str(budget.budget_id), subject=budget.subject.as_dict(),
-                limit_usd=format_usd(budget.limit_pico_usd), remaining_usd=format_usd(max(left, 0)),
+                budget_id=str(budget.budget_id),
+                subject=budget.subject.as_dict(),
+                limit_usd=format_usd(budget.limit_pico_usd),
+                remaining_usd=format_usd(max(left + amount, 0)),
                 requested_usd=format_usd(amount),
             )
-        remaining.append(BudgetRemaining(budget.budget_id, budget.subject, budget.mode,
-                                         budget.limit_pico_usd, left - amount))
+        remaining.append(
+            BudgetRemaining(
+                budget.budget_id, budget.subject, budget.mode, budget.limit_pico_usd, left
+            )
+        )
     return remaining
 
 
@@ -96,8 +110,13 @@ def _reservation_json(reservation: Reservation) -> dict[str, Any]:
         "amount_pico_usd": reservation.amount_pico_usd,
         "expires_at": reservation.expires_at.isoformat(),
         "budgets": [
-            {"budget_id": str(b.budget_id), "subject": b.subject.as_dict(), "mode": b.mode,
-             "limit_pico_usd": b.limit_pico_usd, "remaining_pico_usd": b.remaining_pico_usd}
+            {
+                "budget_id": str(b.budget_id),
+                "subject": b.subject.as_dict(),
+                "mode": b.mode,
+                "limit_pico_usd": b.limit_pico_usd,
+                "remaining_pico_usd": b.remaining_pico_usd,
+            }
             for b in reservation.budgets
         ],
     }
@@ -105,13 +124,20 @@ def _reservation_json(reservation: Reservation) -> dict[str, Any]:
 
 def _reservation_from_json(data: dict[str, Any]) -> Reservation:
     return Reservation(
-        org=data["org"], reservation_id=UUID(data["reservation_id"]),
-        request_id=data["request_id"], state=data["state"],
+        org=data["org"],
+        reservation_id=UUID(data["reservation_id"]),
+        request_id=data["request_id"],
+        state=data["state"],
         amount_pico_usd=data["amount_pico_usd"],
         expires_at=datetime.fromisoformat(data["expires_at"]),
         budgets=tuple(
-            BudgetRemaining(UUID(b["budget_id"]), Subject(**b["subject"]), b["mode"],
-                            b["limit_pico_usd"], b["remaining_pico_usd"])
+            BudgetRemaining(
+                UUID(b["budget_id"]),
+                Subject(**b["subject"]),
+                b["mode"],
+                b["limit_pico_usd"],
+                b["remaining_pico_usd"],
+            )
             for b in data["budgets"]
         ),
     )
@@ -119,20 +145,26 @@ def _reservation_from_json(data: dict[str, Any]) -> Reservation:
 
 def _settlement_json(settlement: Settlement) -> dict[str, Any]:
     return {
-        "org": settlement.org, "request_id": settlement.request_id,
+        "org": settlement.org,
+        "request_id": settlement.request_id,
         "reservation_id": str(settlement.reservation_id) if settlement.reservation_id else None,
-        "cost_pico_usd": settlement.cost_pico_usd, "held_pico_usd": settlement.held_pico_usd,
-        "overrun": settlement.overrun, "late": settlement.late,
+        "cost_pico_usd": settlement.cost_pico_usd,
+        "held_pico_usd": settlement.held_pico_usd,
+        "overrun": settlement.overrun,
+        "late": settlement.late,
         "flagged_budgets": list(settlement.flagged_budgets),
     }
 
 
 def _settlement_from_json(data: dict[str, Any]) -> Settlement:
     return Settlement(
-        org=data["org"], request_id=data["request_id"],
+        org=data["org"],
+        request_id=data["request_id"],
         reservation_id=UUID(data["reservation_id"]) if data["reservation_id"] else None,
-        cost_pico_usd=data["cost_pico_usd"], held_pico_usd=data["held_pico_usd"],
-        overrun=data["overrun"], late=data["late"],
+        cost_pico_usd=data["cost_pico_usd"],
+        held_pico_usd=data["held_pico_usd"],
+        overrun=data["overrun"],
+        late=data["late"],
         flagged_budgets=tuple(data["flagged_budgets"]),
     )
 
@@ -167,41 +199,79 @@ def reserve(
         raise InvalidInput("ttl must be positive", field="ttl_seconds")
     unique = _unique_subjects(subjects)
     metadata = metadata or {}
-    content = {"subjects": [s.as_dict() for s in unique], "amount": amount_pico_usd,
-               "ttl": ttl_seconds, "model": model, "provider": provider, "metadata": metadata}
-    previous = idempotency.claim(conn, org=org, operation="reserve", key=request_id,
-                                 content_fingerprint=idempotency.fingerprint(content))
+    content = {
+        "subjects": [s.as_dict() for s in unique],
+        "amount": amount_pico_usd,
+        "ttl": ttl_seconds,
+        "model": model,
+        "provider": provider,
+        "metadata": metadata,
+    }
+    previous = idempotency.claim(
+        conn,
+        org=org,
+        operation="reserve",
+        key=request_id,
+        content_fingerprint=idempotency.fingerprint(content),
+    )
     if previous is not None:
         return _reservation_from_json(previous)
     now = now or datetime.now(UTC)
     locked = queries.lock_budgets_of_subjects(conn, org=org, subjects=unique)
     holds = _holds_for(locked, now)
-    balances = queries.period_balances(conn, org=org, holds=holds)
-    remaining = _check_hard_limits(locked, balances, holds, amount_pico_usd)
     deltas = [(hold, 0, amount_pico_usd) for hold in holds]
-    queries.add_to_periods(conn, org=org, deltas=deltas)
+    after = queries.add_to_periods(conn, org=org, deltas=deltas)
+    remaining = _check_hard_limits(locked, after, holds, amount_pico_usd)
     reservation = Reservation(
-        org=org, reservation_id=uuid.uuid4(), request_id=request_id, state="held",
-        amount_pico_usd=amount_pico_usd, expires_at=now + timedelta(seconds=ttl_seconds),
+        org=org,
+        reservation_id=uuid.uuid4(),
+        request_id=request_id,
+        state="held",
+        amount_pico_usd=amount_pico_usd,
+        expires_at=now + timedelta(seconds=ttl_seconds),
         budgets=tuple(remaining),
     )
-    queries.insert_reservation(conn, {
-        "org": org, "reservation_id": reservation.reservation_id, "request_id": request_id,
-        "state": "held", "amount_pico_usd": amount_pico_usd,
-        "subjects": content["subjects"], "holds": _holds_payload(holds), "model": model,
-        "provider": provider, "metadata": metadata, "reserved_at": now,
-        "expires_at": reservation.expires_at, "overrun": False, "late": False,
-    })
-    ledger.append(
-        conn, org=org, event_type=events.RESERVED, occurred_at=now, request_id=request_id,
-        reservation_id=reservation.reservation_id, budget_ids=[h.budget_id for h in holds],
-        amount_pico_usd=amount_pico_usd,
-        payload={"subjects": content["subjects"], "holds": _holds_payload(holds),
-                 "deltas": _delta_payload(deltas), "expires_at": reservation.expires_at.isoformat(),
-                 "model": model, "provider": provider, "metadata": metadata},
+    queries.insert_reservation(
+        conn,
+        {
+            "org": org,
+            "reservation_id": reservation.reservation_id,
+            "request_id": request_id,
+            "state": "held",
+            "amount_pico_usd": amount_pico_usd,
+            "subjects": content["subjects"],
+            "holds": _holds_payload(holds),
+            "model": model,
+            "provider": provider,
+            "metadata": metadata,
+            "reserved_at": now,
+            "expires_at": reservation.expires_at,
+            "overrun": False,
+            "late": False,
+        },
     )
-    idempotency.store(conn, org=org, operation="reserve", key=request_id,
-                      response=_reservation_json(reservation))
+    ledger.append(
+        conn,
+        org=org,
+        event_type=events.RESERVED,
+        occurred_at=now,
+        request_id=request_id,
+        reservation_id=reservation.reservation_id,
+        budget_ids=[h.budget_id for h in holds],
+        amount_pico_usd=amount_pico_usd,
+        payload={
+            "subjects": content["subjects"],
+            "holds": _holds_payload(holds),
+            "deltas": _delta_payload(deltas),
+            "expires_at": reservation.expires_at.isoformat(),
+            "model": model,
+            "provider": provider,
+            "metadata": metadata,
+        },
+    )
+    idempotency.store(
+        conn, org=org, operation="reserve", key=request_id, response=_reservation_json(reservation)
+    )
     return reservation
 
 
@@ -218,11 +288,15 @@ def extend(
     now = now or datetime.now(UTC)
     row = queries.lock_reservation(conn, org=org, reservation_id=reservation_id)
     if row is None:
-        raise ReservationNotFound(f"no reservation {reservation_id}",
-                                  reservation_id=str(reservation_id))
+        raise ReservationNotFound(
+            f"no reservation {reservation_id}", reservation_id=str(reservation_id)
+        )
     if row.state != "held":
-        raise ReservationSettled(f"reservation {reservation_id} is {row.state}",
-                                 reservation_id=str(reservation_id), state=row.state)
+        raise ReservationSettled(
+            f"reservation {reservation_id} is {row.state}",
+            reservation_id=str(reservation_id),
+            state=row.state,
+        )
     new_amount = row.amount_pico_usd if amount_pico_usd is None else amount_pico_usd
     if new_amount < row.amount_pico_usd:
         raise InvalidInput("a hold can only be raised", field="amount_usd")
@@ -234,23 +308,43 @@ def extend(
     locked = queries.lock_budgets_by_id(conn, org=org, budget_ids=[h.budget_id for h in holds])
     by_id = {b.budget_id: b for b in locked}
     live_holds = [h for h in sorted(holds, key=lambda h: h.budget_id) if h.budget_id in by_id]
-    balances = queries.period_balances(conn, org=org, holds=live_holds)
-    remaining = _check_hard_limits([by_id[h.budget_id] for h in live_holds], balances,
-                                   live_holds, increase)
-    deltas = [(hold, 0, increase) for hold in live_holds] if increase else []
-    queries.add_to_periods(conn, org=org, deltas=deltas)
-    queries.update_reservation(conn, org=org, reservation_id=reservation_id,
-                               amount_pico_usd=new_amount, expires_at=expires_at)
-    ledger.append(
-        conn, org=org, event_type=events.EXTENDED, occurred_at=now, request_id=row.request_id,
-        reservation_id=reservation_id, budget_ids=[h.budget_id for h in live_holds],
-        amount_pico_usd=new_amount,
-        payload={"previous_amount_pico_usd": row.amount_pico_usd, "deltas": _delta_payload(deltas),
-                 "expires_at": expires_at.isoformat()},
+    deltas = [(hold, 0, increase) for hold in live_holds]
+    after = queries.add_to_periods(conn, org=org, deltas=deltas)
+    remaining = _check_hard_limits(
+        [by_id[h.budget_id] for h in live_holds], after, live_holds, increase
     )
-    return Reservation(org=org, reservation_id=reservation_id, request_id=row.request_id,
-                       state="held", amount_pico_usd=new_amount, expires_at=expires_at,
-                       budgets=tuple(remaining))
+    deltas = deltas if increase else []
+    queries.update_reservation(
+        conn,
+        org=org,
+        reservation_id=reservation_id,
+        amount_pico_usd=new_amount,
+        expires_at=expires_at,
+    )
+    ledger.append(
+        conn,
+        org=org,
+        event_type=events.EXTENDED,
+        occurred_at=now,
+        request_id=row.request_id,
+        reservation_id=reservation_id,
+        budget_ids=[h.budget_id for h in live_holds],
+        amount_pico_usd=new_amount,
+        payload={
+            "previous_amount_pico_usd": row.amount_pico_usd,
+            "deltas": _delta_payload(deltas),
+            "expires_at": expires_at.isoformat(),
+        },
+    )
+    return Reservation(
+        org=org,
+        reservation_id=reservation_id,
+        request_id=row.request_id,
+        state="held",
+        amount_pico_usd=new_amount,
+        expires_at=expires_at,
+        budgets=tuple(remaining),
+    )
 
 
 def _check_records(cost_pico_usd: int, records: Sequence[UsageRecord]) -> None:
@@ -260,13 +354,21 @@ def _check_records(cost_pico_usd: int, records: Sequence[UsageRecord]) -> None:
 
 
 def _usage_events(
-    *, org: str, request_id: str, reservation_id: UUID | None, subjects: list[dict[str, str]],
-    records: Sequence[UsageRecord], occurred_at: datetime,
+    *,
+    org: str,
+    request_id: str,
+    reservation_id: UUID | None,
+    subjects: list[dict[str, str]],
+    records: Sequence[UsageRecord],
+    occurred_at: datetime,
 ) -> list[dict[str, Any]]:
     return [
         {
-            "org": org, "event_type": events.USAGE_RECORDED, "occurred_at": occurred_at,
-            "request_id": request_id, "reservation_id": reservation_id,
+            "org": org,
+            "event_type": events.USAGE_RECORDED,
+            "occurred_at": occurred_at,
+            "request_id": request_id,
+            "reservation_id": reservation_id,
             "amount_pico_usd": record.cost_pico_usd,
             "payload": {**record.to_payload(), "subjects": subjects, "message_index": index},
         }
@@ -290,18 +392,27 @@ def commit_reservation(
     """
     _check_records(cost_pico_usd, records)
     content = {"cost": cost_pico_usd, "records": [r.to_payload() for r in records]}
-    previous = idempotency.claim(conn, org=org, operation="commit", key=str(reservation_id),
-                                 content_fingerprint=idempotency.fingerprint(content))
+    previous = idempotency.claim(
+        conn,
+        org=org,
+        operation="commit",
+        key=str(reservation_id),
+        content_fingerprint=idempotency.fingerprint(content),
+    )
     if previous is not None:
         return _settlement_from_json(previous)
     now = now or datetime.now(UTC)
     row = queries.lock_reservation(conn, org=org, reservation_id=reservation_id)
     if row is None:
-        raise ReservationNotFound(f"no reservation {reservation_id}",
-                                  reservation_id=str(reservation_id))
+        raise ReservationNotFound(
+            f"no reservation {reservation_id}", reservation_id=str(reservation_id)
+        )
     if row.state in ("committed", "cancelled"):
-        raise ReservationSettled(f"reservation {reservation_id} is already {row.state}",
-                                 reservation_id=str(reservation_id), state=row.state)
+        raise ReservationSettled(
+            f"reservation {reservation_id} is already {row.state}",
+            reservation_id=str(reservation_id),
+            state=row.state,
+        )
     still_held = row.state == "held"
     late = not still_held or now > row.expires_at
     holds = _holds_from_payload(row.holds)
@@ -310,41 +421,83 @@ def commit_reservation(
     live_holds = [h for h in sorted(holds, key=lambda h: h.budget_id) if h.budget_id in by_id]
     release = row.amount_pico_usd if still_held else 0
     deltas = [(hold, cost_pico_usd, -release) for hold in live_holds]
-    queries.add_to_periods(conn, org=org, deltas=deltas)
+    after = queries.add_to_periods(conn, org=org, deltas=deltas)
     overrun = cost_pico_usd > row.amount_pico_usd
-    flagged = _over_limit(conn, org=org, budgets=by_id, holds=live_holds)
-    queries.update_reservation(conn, org=org, reservation_id=reservation_id, state="committed",
-                               cost_pico_usd=cost_pico_usd, settled_at=now, overrun=overrun,
-                               late=late)
-    ledger.append_many(conn, [
-        {"org": org, "event_type": events.COMMITTED, "occurred_at": now,
-         "request_id": row.request_id, "reservation_id": reservation_id,
-         "budget_ids": [h.budget_id for h in live_holds], "amount_pico_usd": cost_pico_usd,
-         "payload": {"held_pico_usd": row.amount_pico_usd, "overrun": overrun, "late": late,
-                     "subjects": row.subjects, "deltas": _delta_payload(deltas),
-                     "messages": len(records), "flagged_budgets": flagged,
-                     "model": row.model, "provider": row.provider}},
-        *_usage_events(org=org, request_id=row.request_id, reservation_id=reservation_id,
-                       subjects=row.subjects, records=records, occurred_at=now),
-    ])
-    settlement = Settlement(org=org, request_id=row.request_id, reservation_id=reservation_id,
-                            cost_pico_usd=cost_pico_usd, held_pico_usd=row.amount_pico_usd,
-                            overrun=overrun, late=late, flagged_budgets=tuple(flagged))
-    idempotency.store(conn, org=org, operation="commit", key=str(reservation_id),
-                      response=_settlement_json(settlement))
+    flagged = _over_limit(after, budgets=by_id, holds=live_holds)
+    queries.update_reservation(
+        conn,
+        org=org,
+        reservation_id=reservation_id,
+        state="committed",
+        cost_pico_usd=cost_pico_usd,
+        settled_at=now,
+        overrun=overrun,
+        late=late,
+    )
+    ledger.append_many(
+        conn,
+        [
+            {
+                "org": org,
+                "event_type": events.COMMITTED,
+                "occurred_at": now,
+                "request_id": row.request_id,
+                "reservation_id": reservation_id,
+                "budget_ids": [h.budget_id for h in live_holds],
+                "amount_pico_usd": cost_pico_usd,
+                "payload": {
+                    "held_pico_usd": row.amount_pico_usd,
+                    "overrun": overrun,
+                    "late": late,
+                    "subjects": row.subjects,
+                    "deltas": _delta_payload(deltas),
+                    "messages": len(records),
+                    "flagged_budgets": flagged,
+                    "model": row.model,
+                    "provider": row.provider,
+                },
+            },
+            *_usage_events(
+                org=org,
+                request_id=row.request_id,
+                reservation_id=reservation_id,
+                subjects=row.subjects,
+                records=records,
+                occurred_at=now,
+            ),
+        ],
+    )
+    settlement = Settlement(
+        org=org,
+        request_id=row.request_id,
+        reservation_id=reservation_id,
+        cost_pico_usd=cost_pico_usd,
+        held_pico_usd=row.amount_pico_usd,
+        overrun=overrun,
+        late=late,
+        flagged_budgets=tuple(flagged),
+    )
+    idempotency.store(
+        conn,
+        org=org,
+        operation="commit",
+        key=str(reservation_id),
+        response=_settlement_json(settlement),
+    )
     return settlement
 
 
 def _over_limit(
-    conn: Connection, *, org: str, budgets: dict[UUID, Budget], holds: Sequence[Hold]
+    after: dict[tuple[UUID, datetime], tuple[int, int]],
+    *,
+    budgets: dict[UUID, Budget],
+    holds: Sequence[Hold],
 ) -> list[str]:
     """Budgets whose period is now past its limit (soft budgets, overruns, late commits)."""
-    balances = queries.period_balances(conn, org=org, holds=holds)
     return [
         str(hold.budget_id)
         for hold in holds
-        if sum(balances[(hold.budget_id, hold.period_start)])
-        > budgets[hold.budget_id].limit_pico_usd
+        if sum(after[(hold.budget_id, hold.period_start)]) > budgets[hold.budget_id].limit_pico_usd
     ]
 
 
@@ -352,27 +505,46 @@ def cancel(
     conn: Connection, *, org: str, reservation_id: UUID, now: datetime | None = None
 ) -> Reservation:
     """Release a hold without charging. Cancelling an expired hold changes nothing."""
-    previous = idempotency.claim(conn, org=org, operation="cancel", key=str(reservation_id),
-                                 content_fingerprint=idempotency.fingerprint({}))
+    previous = idempotency.claim(
+        conn,
+        org=org,
+        operation="cancel",
+        key=str(reservation_id),
+        content_fingerprint=idempotency.fingerprint({}),
+    )
     if previous is not None:
         return _reservation_from_json(previous)
     now = now or datetime.now(UTC)
     row = queries.lock_reservation(conn, org=org, reservation_id=reservation_id)
     if row is None:
-        raise ReservationNotFound(f"no reservation {reservation_id}",
-                                  reservation_id=str(reservation_id))
+        raise ReservationNotFound(
+            f"no reservation {reservation_id}", reservation_id=str(reservation_id)
+        )
     if row.state == "committed":
-        raise ReservationSettled(f"reservation {reservation_id} is already committed",
-                                 reservation_id=str(reservation_id), state=row.state)
+        raise ReservationSettled(
+            f"reservation {reservation_id} is already committed",
+            reservation_id=str(reservation_id),
+            state=row.state,
+        )
     state = row.state
     if row.state == "held":
         _release(conn, row=row, now=now, event_type=events.CANCELLED)
         state = "cancelled"
-    reservation = Reservation(org=org, reservation_id=reservation_id, request_id=row.request_id,
-                              state=state, amount_pico_usd=row.amount_pico_usd,
-                              expires_at=row.expires_at)
-    idempotency.store(conn, org=org, operation="cancel", key=str(reservation_id),
-                      response=_reservation_json(reservation))
+    reservation = Reservation(
+        org=org,
+        reservation_id=reservation_id,
+        request_id=row.request_id,
+        state=state,
+        amount_pico_usd=row.amount_pico_usd,
+        expires_at=row.expires_at,
+    )
+    idempotency.store(
+        conn,
+        org=org,
+        operation="cancel",
+        key=str(reservation_id),
+        response=_reservation_json(reservation),
+    )
     return reservation
 
 
@@ -380,16 +552,26 @@ def _release(conn: Connection, *, row: Any, now: datetime, event_type: str) -> N
     holds = _holds_from_payload(row.holds)
     locked = queries.lock_budgets_by_id(conn, org=row.org, budget_ids=[h.budget_id for h in holds])
     live = {b.budget_id for b in locked}
-    deltas = [(h, 0, -row.amount_pico_usd) for h in sorted(holds, key=lambda h: h.budget_id)
-              if h.budget_id in live]
+    deltas = [
+        (h, 0, -row.amount_pico_usd)
+        for h in sorted(holds, key=lambda h: h.budget_id)
+        if h.budget_id in live
+    ]
     queries.add_to_periods(conn, org=row.org, deltas=deltas)
     state = "cancelled" if event_type == events.CANCELLED else "expired"
-    queries.update_reservation(conn, org=row.org, reservation_id=row.reservation_id, state=state,
-                               settled_at=now)
+    queries.update_reservation(
+        conn, org=row.org, reservation_id=row.reservation_id, state=state, settled_at=now
+    )
     ledger.append(
-        conn, org=row.org, event_type=event_type, occurred_at=now, request_id=row.request_id,
-        reservation_id=row.reservation_id, budget_ids=[d[0].budget_id for d in deltas],
-        amount_pico_usd=row.amount_pico_usd, payload={"deltas": _delta_payload(deltas)},
+        conn,
+        org=row.org,
+        event_type=event_type,
+        occurred_at=now,
+        request_id=row.request_id,
+        reservation_id=row.reservation_id,
+        budget_ids=[d[0].budget_id for d in deltas],
+        amount_pico_usd=row.amount_pico_usd,
+        payload={"deltas": _delta_payload(deltas)},
     )
 
 
@@ -425,41 +607,83 @@ def record_usage(
     _check_records(cost_pico_usd, records)
     unique = _unique_subjects(subjects)
     subject_json = [s.as_dict() for s in unique]
-    content = {"subjects": subject_json, "cost": cost_pico_usd,
-               "records": [r.to_payload() for r in records], "model": model, "provider": provider}
-    previous = idempotency.claim(conn, org=org, operation="usage", key=request_id,
-                                 content_fingerprint=idempotency.fingerprint(content))
+    content = {
+        "subjects": subject_json,
+        "cost": cost_pico_usd,
+        "records": [r.to_payload() for r in records],
+        "model": model,
+        "provider": provider,
+    }
+    previous = idempotency.claim(
+        conn,
+        org=org,
+        operation="usage",
+        key=request_id,
+        content_fingerprint=idempotency.fingerprint(content),
+    )
     if previous is not None:
         return _settlement_from_json(previous)
     now = now or datetime.now(UTC)
     locked = queries.lock_budgets_of_subjects(conn, org=org, subjects=unique)
     holds = _holds_for(locked, now)
-    balances = queries.period_balances(conn, org=org, holds=holds)
+    deltas = [(hold, cost_pico_usd, 0) for hold in holds]
+    after = queries.add_to_periods(conn, org=org, deltas=deltas)
     for budget, hold in zip(locked, holds, strict=True):
-        spent, held = balances[(hold.budget_id, hold.period_start)]
-        left = budget.limit_pico_usd - spent - held
-        if budget.mode == "hard" and left <= 0 and cost_pico_usd > 0:
+        spent, held = after[(hold.budget_id, hold.period_start)]
+        left_before = budget.limit_pico_usd - (spent - cost_pico_usd) - held
+        if budget.mode == "hard" and left_before <= 0 and cost_pico_usd > 0:
             raise BudgetExceeded(
-                budget_id=str(budget.budget_id), subject=budget.subject.as_dict(),
-                limit_usd=format_usd(budget.limit_pico_usd), remaining_usd="0",
+                budget_id=str(budget.budget_id),
+                subject=budget.subject.as_dict(),
+                limit_usd=format_usd(budget.limit_pico_usd),
+                remaining_usd="0",
                 requested_usd=format_usd(cost_pico_usd),
             )
-    deltas = [(hold, cost_pico_usd, 0) for hold in holds]
-    queries.add_to_periods(conn, org=org, deltas=deltas)
-    flagged = _over_limit(conn, org=org, budgets={b.budget_id: b for b in locked}, holds=holds)
-    ledger.append_many(conn, [
-        {"org": org, "event_type": events.COMMITTED, "occurred_at": now, "request_id": request_id,
-         "budget_ids": [h.budget_id for h in holds], "amount_pico_usd": cost_pico_usd,
-         "payload": {"held_pico_usd": 0, "overrun": bool(flagged), "late": False,
-                     "subjects": subject_json, "deltas": _delta_payload(deltas),
-                     "messages": len(records), "flagged_budgets": flagged,
-                     "model": model, "provider": provider, "direct": True}},
-        *_usage_events(org=org, request_id=request_id, reservation_id=None,
-                       subjects=subject_json, records=records, occurred_at=now),
-    ])
-    settlement = Settlement(org=org, request_id=request_id, reservation_id=None,
-                            cost_pico_usd=cost_pico_usd, held_pico_usd=0, overrun=bool(flagged),
-                            late=False, flagged_budgets=tuple(flagged))
-    idempotency.store(conn, org=org, operation="usage", key=request_id,
-                      response=_settlement_json(settlement))
+    flagged = _over_limit(after, budgets={b.budget_id: b for b in locked}, holds=holds)
+    ledger.append_many(
+        conn,
+        [
+            {
+                "org": org,
+                "event_type": events.COMMITTED,
+                "occurred_at": now,
+                "request_id": request_id,
+                "budget_ids": [h.budget_id for h in holds],
+                "amount_pico_usd": cost_pico_usd,
+                "payload": {
+                    "held_pico_usd": 0,
+                    "overrun": bool(flagged),
+                    "late": False,
+                    "subjects": subject_json,
+                    "deltas": _delta_payload(deltas),
+                    "messages": len(records),
+                    "flagged_budgets": flagged,
+                    "model": model,
+                    "provider": provider,
+                    "direct": True,
+                },
+            },
+            *_usage_events(
+                org=org,
+                request_id=request_id,
+                reservation_id=None,
+                subjects=subject_json,
+                records=records,
+                occurred_at=now,
+            ),
+        ],
+    )
+    settlement = Settlement(
+        org=org,
+        request_id=request_id,
+        reservation_id=None,
+        cost_pico_usd=cost_pico_usd,
+        held_pico_usd=0,
+        overrun=bool(flagged),
+        late=False,
+        flagged_budgets=tuple(flagged),
+    )
+    idempotency.store(
+        conn, org=org, operation="usage", key=request_id, response=_settlement_json(settlement)
+    )
     return settlement

@@ -81,8 +81,10 @@ def period_balances(
         budget_periods.c.org == org,
         tuple_(budget_periods.c.budget_id, budget_periods.c.period_start).in_(keys),
     )
-    found = {(r.budget_id, r.period_start): (r.spent_pico_usd, r.held_pico_usd)
-             for r in conn.execute(query)}
+    found = {
+        (r.budget_id, r.period_start): (r.spent_pico_usd, r.held_pico_usd)
+        for r in conn.execute(query)
+    }
     return {key: found.get(key, (0, 0)) for key in keys}
 
 
@@ -91,10 +93,11 @@ def add_to_periods(
     *,
     org: str,
     deltas: Sequence[tuple[Hold, int, int]],
-) -> None:
-    """Add (spent, held) deltas to budget periods, creating a period's row on first use."""
+) -> dict[tuple[UUID, datetime], tuple[int, int]]:
+    """Add (spent, held) deltas to budget periods, creating a period's row on first use;
+    return each period's (spent, held) after the change."""
     if not deltas:
-        return
+        return {}
     rows = [
         {
             "org": org,
@@ -106,17 +109,23 @@ def add_to_periods(
         }
         for hold, spent, held in sorted(deltas, key=lambda d: (d[0].budget_id, d[0].period_start))
     ]
-    statement = insert(budget_periods)
-    conn.execute(
+    statement = insert(budget_periods).values(rows)
+    result = conn.execute(
         statement.on_conflict_do_update(
             index_elements=["org", "budget_id", "period_start"],
             set_={
-                "spent_pico_usd": budget_periods.c.spent_pico_usd + statement.excluded.spent_pico_usd,
+                "spent_pico_usd": budget_periods.c.spent_pico_usd
+                + statement.excluded.spent_pico_usd,
                 "held_pico_usd": budget_periods.c.held_pico_usd + statement.excluded.held_pico_usd,
             },
-        ),
-        rows,
+        ).returning(
+            budget_periods.c.budget_id,
+            budget_periods.c.period_start,
+            budget_periods.c.spent_pico_usd,
+            budget_periods.c.held_pico_usd,
+        )
     )
+    return {(r.budget_id, r.period_start): (r.spent_pico_usd, r.held_pico_usd) for r in result}
 
 
 def lock_reservation(conn: Connection, *, org: str, reservation_id: UUID) -> Row[Any] | None:
@@ -178,7 +187,9 @@ def find_budgets(
         )
     if subject_type is not None:
         conditions.append(budgets.c.subject_type == subject_type)
-    query = select(budgets).where(and_(True, *conditions)).order_by(
-        budgets.c.org, budgets.c.subject_type, budgets.c.subject_id, budgets.c.budget_id
+    query = (
+        select(budgets)
+        .where(and_(True, *conditions))
+        .order_by(budgets.c.org, budgets.c.subject_type, budgets.c.subject_id, budgets.c.budget_id)
     )
     return [to_budget(row) for row in conn.execute(query)]

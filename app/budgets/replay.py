@@ -45,7 +45,11 @@ class _Fold:
 
     def apply_deltas(self, event: Event) -> None:
         for delta in event.payload.get("deltas", ()):
-            key = (event.org, UUID(delta["budget_id"]), datetime.fromisoformat(delta["period_start"]))
+            key = (
+                event.org,
+                UUID(delta["budget_id"]),
+                datetime.fromisoformat(delta["period_start"]),
+            )
             row = self.periods.setdefault(key, [datetime.fromisoformat(delta["period_end"]), 0, 0])
             row[1] += delta["spent_pico_usd"]
             row[2] += delta["held_pico_usd"]
@@ -61,11 +65,18 @@ def _budget_defined(fold: _Fold, event: Event) -> None:
     p = event.payload
     assert event.budget_id is not None
     fold.budgets[event.budget_id] = {
-        "org": event.org, "budget_id": event.budget_id, "subject_type": p["subject"]["type"],
-        "subject_id": p["subject"]["id"], "limit_pico_usd": p["limit_pico_usd"],
-        "period": p["period"], "timezone": p["timezone"], "mode": p["mode"],
-        "alert_thresholds": list(p["alert_thresholds"]), "created_at": event.occurred_at,
-        "updated_at": event.occurred_at, "version": 1,
+        "org": event.org,
+        "budget_id": event.budget_id,
+        "subject_type": p["subject"]["type"],
+        "subject_id": p["subject"]["id"],
+        "limit_pico_usd": p["limit_pico_usd"],
+        "period": p["period"],
+        "timezone": p["timezone"],
+        "mode": p["mode"],
+        "alert_thresholds": list(p["alert_thresholds"]),
+        "created_at": event.occurred_at,
+        "updated_at": event.occurred_at,
+        "version": 1,
     }
 
 
@@ -80,10 +91,16 @@ def _budget_changed(fold: _Fold, event: Event) -> None:
 def _reserved(fold: _Fold, event: Event) -> None:
     assert event.reservation_id is not None
     fold.reservations[event.reservation_id] = {
-        "org": event.org, "reservation_id": event.reservation_id, "request_id": event.request_id,
-        "state": "held", "amount_pico_usd": event.amount_pico_usd, "cost_pico_usd": None,
-        "expires_at": datetime.fromisoformat(event.payload["expires_at"]), "settled_at": None,
-        "overrun": False, "late": False,
+        "org": event.org,
+        "reservation_id": event.reservation_id,
+        "request_id": event.request_id,
+        "state": "held",
+        "amount_pico_usd": event.amount_pico_usd,
+        "cost_pico_usd": None,
+        "expires_at": datetime.fromisoformat(event.payload["expires_at"]),
+        "settled_at": None,
+        "overrun": False,
+        "late": False,
     }
 
 
@@ -98,9 +115,13 @@ def _committed(fold: _Fold, event: Event) -> None:
     if event.reservation_id is None:
         return  # usage charged without a reservation: only the deltas change projections
     reservation = fold.reservations[event.reservation_id]
-    reservation.update(state="committed", cost_pico_usd=event.amount_pico_usd,
-                       settled_at=event.occurred_at, overrun=event.payload["overrun"],
-                       late=event.payload["late"])
+    reservation.update(
+        state="committed",
+        cost_pico_usd=event.amount_pico_usd,
+        settled_at=event.occurred_at,
+        overrun=event.payload["overrun"],
+        late=event.payload["late"],
+    )
 
 
 def _settled(state: str) -> Callable[[_Fold, Event], None]:
@@ -121,39 +142,75 @@ _HANDLERS: dict[str, Callable[[_Fold, Event], None]] = {
     events.EXPIRED: _settled("expired"),
 }
 
-_BUDGET_COLUMNS = ("org", "budget_id", "subject_type", "subject_id", "limit_pico_usd", "period",
-                   "timezone", "mode", "alert_thresholds", "created_at", "updated_at", "version")
-_PERIOD_COLUMNS = ("org", "budget_id", "period_start", "period_end", "spent_pico_usd",
-                   "held_pico_usd")
-_RESERVATION_COLUMNS = ("org", "reservation_id", "request_id", "state", "amount_pico_usd",
-                        "cost_pico_usd", "expires_at", "settled_at", "overrun", "late")
+_BUDGET_COLUMNS = (
+    "org",
+    "budget_id",
+    "subject_type",
+    "subject_id",
+    "limit_pico_usd",
+    "period",
+    "timezone",
+    "mode",
+    "alert_thresholds",
+    "created_at",
+    "updated_at",
+    "version",
+)
+_PERIOD_COLUMNS = (
+    "org",
+    "budget_id",
+    "period_start",
+    "period_end",
+    "spent_pico_usd",
+    "held_pico_usd",
+)
+_RESERVATION_COLUMNS = (
+    "org",
+    "reservation_id",
+    "request_id",
+    "state",
+    "amount_pico_usd",
+    "cost_pico_usd",
+    "expires_at",
+    "settled_at",
+    "overrun",
+    "late",
+)
 
 
-def _scratch(conn: Connection, table: str, columns: tuple[str, ...],
-             rows: list[dict[str, Any]]) -> None:
+def _scratch(
+    conn: Connection, table: str, columns: tuple[str, ...], rows: list[dict[str, Any]]
+) -> None:
     scratch = f"replay_{table}"
     conn.execute(text(f"DROP TABLE IF EXISTS pg_temp.{scratch}"))
-    conn.execute(text(
-        f"CREATE TEMP TABLE {scratch} ON COMMIT DROP AS "
-        f"SELECT {', '.join(columns)} FROM {table} WITH NO DATA"
-    ))
+    conn.execute(
+        text(
+            f"CREATE TEMP TABLE {scratch} ON COMMIT DROP AS "
+            f"SELECT {', '.join(columns)} FROM {table} WITH NO DATA"
+        )
+    )
     if rows:
         placeholders = ", ".join(f":{c}" for c in columns)
-        conn.execute(text(f"INSERT INTO {scratch} ({', '.join(columns)}) VALUES ({placeholders})"),
-                     rows)
+        conn.execute(
+            text(f"INSERT INTO {scratch} ({', '.join(columns)}) VALUES ({placeholders})"), rows
+        )
 
 
 def _compare(conn: Connection, table: str, columns: tuple[str, ...]) -> list[Difference]:
     cols = ", ".join(columns)
     found = []
-    for side, first, second in (("live only", table, f"replay_{table}"),
-                                ("rebuilt only", f"replay_{table}", table)):
+    for side, first, second in (
+        ("live only", table, f"replay_{table}"),
+        ("rebuilt only", f"replay_{table}", table),
+    ):
         query = text(f"SELECT {cols} FROM {first} EXCEPT ALL SELECT {cols} FROM {second} LIMIT 100")
         found += [Difference(table, side, dict(row)) for row in conn.execute(query).mappings()]
     return found
 
 
-def fold_events(conn: Connection, progress: Callable[[int], None] | None = None) -> tuple[_Fold, int]:
+def fold_events(
+    conn: Connection, progress: Callable[[int], None] | None = None
+) -> tuple[_Fold, int]:
     fold = _Fold()
     count = 0
     for event in ledger.stream_events(conn):
@@ -172,11 +229,22 @@ def verify(conn: Connection, progress: Callable[[int], None] | None = None) -> R
     """
     fold, count = fold_events(conn, progress)
     _scratch(conn, "budgets", _BUDGET_COLUMNS, list(fold.budgets.values()))
-    _scratch(conn, "budget_periods", _PERIOD_COLUMNS, [
-        {"org": org, "budget_id": budget_id, "period_start": start, "period_end": row[0],
-         "spent_pico_usd": row[1], "held_pico_usd": row[2]}
-        for (org, budget_id, start), row in fold.periods.items()
-    ])
+    _scratch(
+        conn,
+        "budget_periods",
+        _PERIOD_COLUMNS,
+        [
+            {
+                "org": org,
+                "budget_id": budget_id,
+                "period_start": start,
+                "period_end": row[0],
+                "spent_pico_usd": row[1],
+                "held_pico_usd": row[2],
+            }
+            for (org, budget_id, start), row in fold.periods.items()
+        ],
+    )
     _scratch(conn, "reservations", _RESERVATION_COLUMNS, list(fold.reservations.values()))
     report = ReplayReport(events=count)
     report.differences += _compare(conn, "budgets", _BUDGET_COLUMNS)

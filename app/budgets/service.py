@@ -25,8 +25,12 @@ DEFAULT_THRESHOLDS = ("0.8", "0.95", "1.0")
 
 
 def _validate(
-    *, period: str | None, timezone: str | None, mode: str | None,
-    limit_pico_usd: int | None, alert_thresholds: Sequence[str] | None,
+    *,
+    period: str | None,
+    timezone: str | None,
+    mode: str | None,
+    limit_pico_usd: int | None,
+    alert_thresholds: Sequence[str] | None,
 ) -> tuple[str, ...] | None:
     if period is not None and period not in PERIODS:
         raise InvalidInput(f"period must be one of {', '.join(PERIODS)}", field="period")
@@ -46,11 +50,14 @@ def _validate(
         try:
             value = Decimal(text)
         except (InvalidOperation, TypeError) as error:
-            raise InvalidInput("threshold must be a decimal string",
-                               field=f"alert_thresholds[{index}]") from error
+            raise InvalidInput(
+                "threshold must be a decimal string", field=f"alert_thresholds[{index}]"
+            ) from error
         if not value.is_finite() or value <= 0 or value > 10:
-            raise InvalidInput("threshold must be a fraction of the limit in (0, 10]",
-                               field=f"alert_thresholds[{index}]")
+            raise InvalidInput(
+                "threshold must be a fraction of the limit in (0, 10]",
+                field=f"alert_thresholds[{index}]",
+            )
         cleaned.append(str(value.normalize()) if value == value.to_integral() else text)
     return tuple(sorted(set(cleaned), key=Decimal))
 
@@ -69,26 +76,59 @@ def define_budget(
     now: datetime | None = None,
 ) -> Budget:
     """Create a budget for ``subject`` and append ``budget_defined``."""
-    thresholds = _validate(period=period, timezone=timezone, mode=mode,
-                           limit_pico_usd=limit_pico_usd, alert_thresholds=alert_thresholds)
+    thresholds = _validate(
+        period=period,
+        timezone=timezone,
+        mode=mode,
+        limit_pico_usd=limit_pico_usd,
+        alert_thresholds=alert_thresholds,
+    )
     assert thresholds is not None
     now = now or datetime.now(UTC)
     budget = Budget(
-        org=org, budget_id=budget_id or uuid.uuid4(), subject=subject,
-        limit_pico_usd=limit_pico_usd, period=period, timezone=timezone, mode=mode,
-        alert_thresholds=thresholds, created_at=now, updated_at=now, version=1,
+        org=org,
+        budget_id=budget_id or uuid.uuid4(),
+        subject=subject,
+        limit_pico_usd=limit_pico_usd,
+        period=period,
+        timezone=timezone,
+        mode=mode,
+        alert_thresholds=thresholds,
+        created_at=now,
+        updated_at=now,
+        version=1,
     )
-    conn.execute(insert(budgets).values(
-        org=org, budget_id=budget.budget_id, subject_type=subject.type, subject_id=subject.id,
-        limit_pico_usd=limit_pico_usd, period=period, timezone=timezone, mode=mode,
-        alert_thresholds=list(thresholds), created_at=now, updated_at=now, version=1,
-    ))
+    conn.execute(
+        insert(budgets).values(
+            org=org,
+            budget_id=budget.budget_id,
+            subject_type=subject.type,
+            subject_id=subject.id,
+            limit_pico_usd=limit_pico_usd,
+            period=period,
+            timezone=timezone,
+            mode=mode,
+            alert_thresholds=list(thresholds),
+            created_at=now,
+            updated_at=now,
+            version=1,
+        )
+    )
     ledger.append(
-        conn, org=org, event_type=events.BUDGET_DEFINED, occurred_at=now,
-        budget_id=budget.budget_id, budget_ids=[budget.budget_id], amount_pico_usd=limit_pico_usd,
+        conn,
+        org=org,
+        event_type=events.BUDGET_DEFINED,
+        occurred_at=now,
+        budget_id=budget.budget_id,
+        budget_ids=[budget.budget_id],
+        amount_pico_usd=limit_pico_usd,
         payload={
-            "subject": subject.as_dict(), "limit_pico_usd": limit_pico_usd, "period": period,
-            "timezone": timezone, "mode": mode, "alert_thresholds": list(thresholds),
+            "subject": subject.as_dict(),
+            "limit_pico_usd": limit_pico_usd,
+            "period": period,
+            "timezone": timezone,
+            "mode": mode,
+            "alert_thresholds": list(thresholds),
         },
     )
     return budget
@@ -105,8 +145,13 @@ def change_budget(
     now: datetime | None = None,
 ) -> Budget:
     """Change a budget's limit, mode or thresholds from now on; appends ``budget_changed``."""
-    thresholds = _validate(period=None, timezone=None, mode=mode,
-                           limit_pico_usd=limit_pico_usd, alert_thresholds=alert_thresholds)
+    thresholds = _validate(
+        period=None,
+        timezone=None,
+        mode=mode,
+        limit_pico_usd=limit_pico_usd,
+        alert_thresholds=alert_thresholds,
+    )
     now = now or datetime.now(UTC)
     locked = queries.lock_budgets_by_id(conn, org=org, budget_ids=[budget_id])
     if not locked:
@@ -127,8 +172,13 @@ def change_budget(
         .values(**changes, updated_at=now, version=old.version + 1)
     )
     ledger.append(
-        conn, org=org, event_type=events.BUDGET_CHANGED, occurred_at=now, budget_id=budget_id,
-        budget_ids=[budget_id], amount_pico_usd=changes.get("limit_pico_usd"),  # type: ignore[arg-type]
+        conn,
+        org=org,
+        event_type=events.BUDGET_CHANGED,
+        occurred_at=now,
+        budget_id=budget_id,
+        budget_ids=[budget_id],
+        amount_pico_usd=changes.get("limit_pico_usd"),  # type: ignore[arg-type]
         payload={"changes": changes, "version": old.version + 1},
     )
     return get_budget(conn, budget_id=budget_id, org=org)
@@ -149,8 +199,9 @@ def status_of(conn: Connection, budget: Budget, *, at: datetime | None = None) -
     spent, held = queries.period_balances(conn, org=budget.org, holds=[hold])[
         (budget.budget_id, start)
     ]
-    return BudgetStatus(budget=budget, period_start=start, period_end=end,
-                        spent_pico_usd=spent, held_pico_usd=held)
+    return BudgetStatus(
+        budget=budget, period_start=start, period_end=end, spent_pico_usd=spent, held_pico_usd=held
+    )
 
 
 def budget_status(

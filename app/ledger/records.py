@@ -5,8 +5,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-CALL_TYPES = ("chat", "completion", "embedding", "image", "audio", "speech", "transcription",
-              "video", "rerank", "moderation", "search", "other")
+CALL_TYPES = (
+    "chat",
+    "completion",
+    "embedding",
+    "image",
+    "audio",
+    "speech",
+    "transcription",
+    "video",
+    "rerank",
+    "moderation",
+    "search",
+    "other",
+)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,16 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, RowMapping, and_, func, insert, literal_column, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    RowMapping,
+    and_,
+    func,
+    insert,
+    literal_column,
+    select,
+)
 
 from app.ledger.events import CURRENT_VERSIONS, Event, Payload, upcast
 from app.ledger.tables import ledger_events
@@ -15,7 +24,7 @@ from app.ledger.tables import ledger_events
 # Readers return only events of transactions older than every transaction still running:
 # their seq is below (snapshot xmin << 20), and nothing can be inserted there any more.
 # A transaction also sees its own events.
-_SETTLED = literal_column(
+_SETTLED: ColumnElement[bool] = literal_column(
     "(ledger_events.seq < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)"
     " OR (ledger_events.seq >> 20) = pg_current_xact_id_if_assigned()::text::bigint)"
 )

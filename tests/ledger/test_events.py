@@ -19,15 +19,24 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
 def _append(conn: Connection, org: str = "acme", request_id: str = "r1") -> None:
-    ledger.append(conn, org=org, event_type=events.USAGE_RECORDED, occurred_at=NOW,
-                  request_id=request_id, amount_pico_usd=5,
-                  payload=UsageRecord(cost_pico_usd=5, model="gpt-4o").to_payload())
+    ledger.append(
+        conn,
+        org=org,
+        event_type=events.USAGE_RECORDED,
+        occurred_at=NOW,
+        request_id=request_id,
+        amount_pico_usd=5,
+        payload=UsageRecord(cost_pico_usd=5, model="gpt-4o").to_payload(),
+    )
 
 
 @pytest.mark.parametrize(
     "statement",
-    ["UPDATE ledger_events SET org = 'evil'", "DELETE FROM ledger_events",
-     "TRUNCATE ledger_events"],
+    [
+        "UPDATE ledger_events SET org = 'evil'",
+        "DELETE FROM ledger_events",
+        "TRUNCATE ledger_events",
+    ],
 )
 def test_the_app_role_cannot_change_events(conn: Connection, statement: str) -> None:
     _append(conn)
@@ -41,8 +50,11 @@ def test_the_app_role_cannot_change_events(conn: Connection, statement: str) -> 
 
 @pytest.mark.parametrize(
     "statement",
-    ["UPDATE ledger_events SET org = 'evil'", "DELETE FROM ledger_events",
-     "TRUNCATE ledger_events"],
+    [
+        "UPDATE ledger_events SET org = 'evil'",
+        "DELETE FROM ledger_events",
+        "TRUNCATE ledger_events",
+    ],
 )
 def test_even_the_owner_is_refused_by_the_trigger(conn: Connection, statement: str) -> None:
     _append(conn)
@@ -67,11 +79,16 @@ def test_one_transaction_writes_one_tenant_only(conn: Connection) -> None:
 
 def test_an_old_event_version_is_upcast_on_read(conn: Connection) -> None:
     # A usage_recorded v1 payload as an earlier release wrote it.
-    conn.execute(text(
-        "INSERT INTO ledger_events (org, event_type, schema_version, request_id, payload,"
-        " occurred_at) VALUES ('acme', 'usage_recorded', 1, 'old-1', :payload, now())"
-    ), {"payload": '{"model": "gpt-4o", "prompt_tokens": 10, "completion_tokens": 2,'
-                   ' "cache_write_tokens": 3, "cost_usd": "0.000125"}'})
+    conn.execute(
+        text(
+            "INSERT INTO ledger_events (org, event_type, schema_version, request_id, payload,"
+            " occurred_at) VALUES ('acme', 'usage_recorded', 1, 'old-1', :payload, now())"
+        ),
+        {
+            "payload": '{"model": "gpt-4o", "prompt_tokens": 10, "completion_tokens": 2,'
+            ' "cache_write_tokens": 3, "cost_usd": "0.000125"}'
+        },
+    )
     [event] = ledger.read_events(conn, org="acme", request_id="old-1")
     assert event.payload["cache_creation_tokens"] == 3
     assert event.payload["cache_creation_1h_tokens"] == 0
@@ -89,9 +106,13 @@ def test_a_future_version_is_refused() -> None:
 def test_seq_is_increasing_within_a_transaction(conn: Connection) -> None:
     for i in range(5):
         _append(conn, request_id=f"s{i}")
-    seqs = conn.execute(text(
-        "SELECT seq FROM ledger_events WHERE request_id LIKE 's%' ORDER BY request_id"
-    )).scalars().all()
+    seqs = (
+        conn.execute(
+            text("SELECT seq FROM ledger_events WHERE request_id LIKE 's%' ORDER BY request_id")
+        )
+        .scalars()
+        .all()
+    )
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
 
 
