@@ -31,3 +31,11 @@ check: lint typecheck
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks: litellm lives only in the bench virtualenv, never in the service's.
+.venv-bench/bin/python:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet "litellm==1.106.2" -e .
+
+bench-pricing: .venv-bench/bin/python
+	.venv-bench/bin/python bench/pricing.py --seconds 3

@@ -10,8 +10,18 @@ import pytest
 from app.money import InvalidAmount, format_usd, parse_usd
 
 APP = Path(__file__).resolve().parents[1] / "app"
-# Timing values (milliseconds, seconds) may be floats; money never.
-TIMING_WORDS = ("ttft", "duration", "latency", "_ms", "seconds", "interval", "timeout")
+# Timing values (milliseconds, seconds) and similarity cut-offs may be floats; money never.
+TIMING_WORDS = (
+    "ttft",
+    "duration",
+    "latency",
+    "_ms",
+    "seconds",
+    "interval",
+    "timeout",
+    "sleep",
+    "cutoff",
+)
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,7 @@ def _reservation_json(reservation: Reservation) -> dict[str, Any]:
             }
             for b in reservation.budgets
         ],
+        "details": reservation.details,
     }
 
 
@@ -140,6 +141,7 @@ def _reservation_from_json(data: dict[str, Any]) -> Reservation:
             )
             for b in data["budgets"]
         ),
+        details=data.get("details", {}),
     )
 
 
@@ -153,6 +155,7 @@ def _settlement_json(settlement: Settlement) -> dict[str, Any]:
         "overrun": settlement.overrun,
         "late": settlement.late,
         "flagged_budgets": list(settlement.flagged_budgets),
+        "details": settlement.details,
     }
 
 
@@ -166,6 +169,7 @@ def _settlement_from_json(data: dict[str, Any]) -> Settlement:
         overrun=data["overrun"],
         late=data["late"],
         flagged_budgets=tuple(data["flagged_budgets"]),
+        details=data.get("details", {}),
     )
 
 
@@ -192,8 +196,15 @@ def reserve(
     provider: str | None = None,
     metadata: dict[str, Any] | None = None,
     now: datetime | None = None,
+    idempotency_content: Any = None,
+    details: dict[str, Any] | None = None,
 ) -> Reservation:
-    """Hold ``amount`` against every budget of every subject, or against none."""
+    """Hold ``amount`` against every budget of every subject, or against none.
+
+    ``idempotency_content`` (default: the arguments) is what a retry must repeat to get the
+    first result back; the API passes the request body, so an estimate priced again on a
+    retry cannot turn into a conflict. ``details`` are returned with the reservation.
+    """
     _check_amount(amount_pico_usd, "amount_usd")
     if ttl_seconds <= 0:
         raise InvalidInput("ttl must be positive", field="ttl_seconds")
@@ -212,7 +223,7 @@ def reserve(
         org=org,
         operation="reserve",
         key=request_id,
-        content_fingerprint=idempotency.fingerprint(content),
+        content_fingerprint=idempotency.fingerprint(idempotency_content or content),
     )
     if previous is not None:
         return _reservation_from_json(previous)
@@ -230,6 +241,7 @@ def reserve(
         amount_pico_usd=amount_pico_usd,
         expires_at=now + timedelta(seconds=ttl_seconds),
         budgets=tuple(remaining),
+        details=details or {},
     )
     queries.insert_reservation(
         conn,
@@ -384,6 +396,8 @@ def commit_reservation(
     cost_pico_usd: int,
     records: Sequence[UsageRecord] = (),
     now: datetime | None = None,
+    idempotency_content: Any = None,
+    details: dict[str, Any] | None = None,
 ) -> Settlement:
     """Release the hold and charge the actual cost, with one usage event per message.
 
@@ -397,7 +411,7 @@ def commit_reservation(
         org=org,
         operation="commit",
         key=str(reservation_id),
-        content_fingerprint=idempotency.fingerprint(content),
+        content_fingerprint=idempotency.fingerprint(idempotency_content or content),
     )
     if previous is not None:
         return _settlement_from_json(previous)
@@ -476,6 +490,7 @@ def commit_reservation(
         overrun=overrun,
         late=late,
         flagged_budgets=tuple(flagged),
+        details=details or {},
     )
     idempotency.store(
         conn,
@@ -598,6 +613,8 @@ def record_usage(
     model: str | None = None,
     provider: str | None = None,
     now: datetime | None = None,
+    idempotency_content: Any = None,
+    details: dict[str, Any] | None = None,
 ) -> Settlement:
     """Charge a completed request that had no reservation.
 
@@ -619,7 +636,7 @@ def record_usage(
         org=org,
         operation="usage",
         key=request_id,
-        content_fingerprint=idempotency.fingerprint(content),
+        content_fingerprint=idempotency.fingerprint(idempotency_content or content),
     )
     if previous is not None:
         return _settlement_from_json(previous)
@@ -682,6 +699,7 @@ def record_usage(
         overrun=bool(flagged),
         late=False,
         flagged_budgets=tuple(flagged),
+        details=details or {},
     )
     idempotency.store(
         conn, org=org, operation="usage", key=request_id, response=_settlement_json(settlement)

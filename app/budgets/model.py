@@ -108,6 +108,7 @@ class Reservation:
     amount_pico_usd: int
     expires_at: datetime
     budgets: tuple[BudgetRemaining, ...] = field(default_factory=tuple)
+    details: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -122,3 +123,4 @@ class Settlement:
     overrun: bool
     late: bool
     flagged_budgets: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

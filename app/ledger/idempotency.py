@@ -76,3 +76,26 @@ def store(conn: Connection, *, org: str, operation: str, key: str, response: Any
         )
         .values(response=response)
     )
+
+
+def lookup(
+    conn: Connection, *, org: str, operation: str, key: str, content_fingerprint: str
+) -> dict[str, Any] | None:
+    """The stored response of an earlier use of ``key`` (without claiming it), if any."""
+    row = conn.execute(
+        select(idempotency_keys.c.fingerprint, idempotency_keys.c.response).where(
+            idempotency_keys.c.org == org,
+            idempotency_keys.c.operation == operation,
+            idempotency_keys.c.key == key,
+        )
+    ).first()
+    if row is None or row.response is None:
+        return None
+    if row.fingerprint != content_fingerprint:
+        raise IdempotencyConflict(
+            f"{operation} with key {key!r} was already made with different content",
+            idempotency_key=key,
+            operation=operation,
+        )
+    response: dict[str, Any] = row.response
+    return response
