@@ -9,8 +9,11 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from app.api import health, problems
+from app.budgets import router as budgets_router
 from app.budgets.sweeper import Sweeper
 from app.config import Settings
+from app.gateway import router as gateway_router
+from app.pricing.sources import load_table
 
 
 def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool = True) -> FastAPI:
@@ -35,6 +38,9 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
     )
     app.state.engine = engine
     app.state.settings = settings
+    app.state.prices = load_table(prices_path=settings.prices_path, prices_url=settings.prices_url)
     problems.install(app)
     app.include_router(health.router)
+    app.include_router(budgets_router.router)
+    app.include_router(gateway_router.router)
     return app

@@ -81,7 +81,11 @@ def create_key(
     now = datetime.now(UTC)
     conn.execute(
         insert(api_keys).values(
-            key_id=key_id, secret_hash=_hash(secret), scope=scope, org=org, name=name,
+            key_id=key_id,
+            secret_hash=_hash(secret),
+            scope=scope,
+            org=org,
+            name=name,
             created_at=now,
         )
     )
@@ -101,16 +105,14 @@ def revoke_key(conn: Connection, *, key_id: str) -> None:
 
 def list_keys(conn: Connection) -> list[KeyInfo]:
     rows = conn.execute(select(api_keys).order_by(api_keys.c.created_at))
-    return [
-        KeyInfo(r.key_id, r.scope, r.org, r.name, r.created_at, r.revoked_at) for r in rows
-    ]
+    return [KeyInfo(r.key_id, r.scope, r.org, r.name, r.created_at, r.revoked_at) for r in rows]
 
 
 def authenticate(conn: Connection, token: str) -> Principal:
     """The principal of a bearer token; Unauthorized for a malformed, unknown or revoked key."""
     if not token.startswith(PREFIX) or token.count("_") < 2:
         raise Unauthorized("malformed API key")
-    key_id, _, secret = token[len(PREFIX):].partition("_")
+    key_id, _, secret = token[len(PREFIX) :].partition("_")
     row = conn.execute(select(api_keys).where(api_keys.c.key_id == key_id)).first()
     if row is None or not hmac.compare_digest(row.secret_hash, _hash(secret)):
         raise Unauthorized("unknown API key")

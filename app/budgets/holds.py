@@ -101,7 +101,7 @@ def _check_hard_limits(
     return remaining
 
 
-def _reservation_json(reservation: Reservation) -> dict[str, Any]:
+def reservation_json(reservation: Reservation) -> dict[str, Any]:
     return {
         "org": reservation.org,
         "reservation_id": str(reservation.reservation_id),
@@ -123,7 +123,7 @@ def _reservation_json(reservation: Reservation) -> dict[str, Any]:
     }
 
 
-def _reservation_from_json(data: dict[str, Any]) -> Reservation:
+def reservation_from_json(data: dict[str, Any]) -> Reservation:
     return Reservation(
         org=data["org"],
         reservation_id=UUID(data["reservation_id"]),
@@ -145,7 +145,7 @@ def _reservation_from_json(data: dict[str, Any]) -> Reservation:
     )
 
 
-def _settlement_json(settlement: Settlement) -> dict[str, Any]:
+def settlement_json(settlement: Settlement) -> dict[str, Any]:
     return {
         "org": settlement.org,
         "request_id": settlement.request_id,
@@ -159,7 +159,7 @@ def _settlement_json(settlement: Settlement) -> dict[str, Any]:
     }
 
 
-def _settlement_from_json(data: dict[str, Any]) -> Settlement:
+def settlement_from_json(data: dict[str, Any]) -> Settlement:
     return Settlement(
         org=data["org"],
         request_id=data["request_id"],
@@ -226,7 +226,7 @@ def reserve(
         content_fingerprint=idempotency.fingerprint(idempotency_content or content),
     )
     if previous is not None:
-        return _reservation_from_json(previous)
+        return reservation_from_json(previous)
     now = now or datetime.now(UTC)
     locked = queries.lock_budgets_of_subjects(conn, org=org, subjects=unique)
     holds = _holds_for(locked, now)
@@ -282,7 +282,7 @@ def reserve(
         },
     )
     idempotency.store(
-        conn, org=org, operation="reserve", key=request_id, response=_reservation_json(reservation)
+        conn, org=org, operation="reserve", key=request_id, response=reservation_json(reservation)
     )
     return reservation
 
@@ -414,7 +414,7 @@ def commit_reservation(
         content_fingerprint=idempotency.fingerprint(idempotency_content or content),
     )
     if previous is not None:
-        return _settlement_from_json(previous)
+        return settlement_from_json(previous)
     now = now or datetime.now(UTC)
     row = queries.lock_reservation(conn, org=org, reservation_id=reservation_id)
     if row is None:
@@ -497,7 +497,7 @@ def commit_reservation(
         org=org,
         operation="commit",
         key=str(reservation_id),
-        response=_settlement_json(settlement),
+        response=settlement_json(settlement),
     )
     return settlement
 
@@ -528,7 +528,7 @@ def cancel(
         content_fingerprint=idempotency.fingerprint({}),
     )
     if previous is not None:
-        return _reservation_from_json(previous)
+        return reservation_from_json(previous)
     now = now or datetime.now(UTC)
     row = queries.lock_reservation(conn, org=org, reservation_id=reservation_id)
     if row is None:
@@ -558,7 +558,7 @@ def cancel(
         org=org,
         operation="cancel",
         key=str(reservation_id),
-        response=_reservation_json(reservation),
+        response=reservation_json(reservation),
     )
     return reservation
 
@@ -639,7 +639,7 @@ def record_usage(
         content_fingerprint=idempotency.fingerprint(idempotency_content or content),
     )
     if previous is not None:
-        return _settlement_from_json(previous)
+        return settlement_from_json(previous)
     now = now or datetime.now(UTC)
     locked = queries.lock_budgets_of_subjects(conn, org=org, subjects=unique)
     holds = _holds_for(locked, now)
@@ -702,6 +702,6 @@ def record_usage(
         details=details or {},
     )
     idempotency.store(
-        conn, org=org, operation="usage", key=request_id, response=_settlement_json(settlement)
+        conn, org=org, operation="usage", key=request_id, response=settlement_json(settlement)
     )
     return settlement

@@ -16,7 +16,7 @@ from app.budgets.model import Budget, BudgetStatus, Hold, Subject
 from app.budgets.periods import PERIODS, period_bounds, zone
 from app.budgets.tables import budgets
 from app.errors import InvalidInput
-from app.ledger import events
+from app.ledger import events, idempotency
 from app.ledger import service as ledger
 from app.money import format_usd
 
@@ -74,8 +74,12 @@ def define_budget(
     alert_thresholds: Sequence[str] = DEFAULT_THRESHOLDS,
     budget_id: UUID | None = None,
     now: datetime | None = None,
+    request_id: str | None = None,
 ) -> Budget:
-    """Create a budget for ``subject`` and append ``budget_defined``."""
+    """Create a budget for ``subject`` and append ``budget_defined``.
+
+    With a ``request_id`` a retry returns the budget the first attempt created.
+    """
     thresholds = _validate(
         period=period,
         timezone=timezone,
@@ -84,6 +88,24 @@ def define_budget(
         alert_thresholds=alert_thresholds,
     )
     assert thresholds is not None
+    if request_id is not None:
+        content = {
+            "subject": subject.as_dict(),
+            "limit": limit_pico_usd,
+            "period": period,
+            "timezone": timezone,
+            "mode": mode,
+            "thresholds": list(thresholds),
+        }
+        previous = idempotency.claim(
+            conn,
+            org=org,
+            operation="define_budget",
+            key=request_id,
+            content_fingerprint=idempotency.fingerprint(content),
+        )
+        if previous is not None:
+            return get_budget(conn, budget_id=UUID(previous["budget_id"]), org=org)
     now = now or datetime.now(UTC)
     budget = Budget(
         org=org,
@@ -131,6 +153,14 @@ def define_budget(
             "alert_thresholds": list(thresholds),
         },
     )
+    if request_id is not None:
+        idempotency.store(
+            conn,
+            org=org,
+            operation="define_budget",
+            key=request_id,
+            response={"budget_id": str(budget.budget_id)},
+        )
     return budget
 
 
