@@ -13,6 +13,8 @@ from app.budgets import router as budgets_router
 from app.budgets.sweeper import Sweeper
 from app.config import Settings
 from app.gateway import router as gateway_router
+from app.overrides import router as overrides_router
+from app.overrides.service import PriceBook
 from app.pricing.sources import load_table
 
 
@@ -38,9 +40,11 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
     )
     app.state.engine = engine
     app.state.settings = settings
-    app.state.prices = load_table(prices_path=settings.prices_path, prices_url=settings.prices_url)
+    base = load_table(prices_path=settings.prices_path, prices_url=settings.prices_url)
+    app.state.prices = PriceBook(base, engine)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(budgets_router.router)
     app.include_router(gateway_router.router)
+    app.include_router(overrides_router.router)
     return app

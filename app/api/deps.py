@@ -22,8 +22,9 @@ def engine(request: Request) -> Engine:
 
 
 def prices(request: Request) -> PriceTable:
-    result: PriceTable = request.app.state.prices
-    return result
+    """The price table in force: the snapshot with the operators' overrides on top."""
+    table: PriceTable = request.app.state.prices.table()
+    return table
 
 
 def principal(

@@ -21,6 +21,7 @@ COMMITTED = "committed"
 CANCELLED = "cancelled"
 EXPIRED = "expired"
 USAGE_RECORDED = "usage_recorded"
+PRICE_OVERRIDDEN = "price_overridden"
 
 CURRENT_VERSIONS: dict[str, int] = {
     BUDGET_DEFINED: 1,
@@ -31,6 +32,7 @@ CURRENT_VERSIONS: dict[str, int] = {
     CANCELLED: 1,
     EXPIRED: 1,
     USAGE_RECORDED: 2,
+    PRICE_OVERRIDDEN: 1,
 }
 
 Payload = dict[str, Any]

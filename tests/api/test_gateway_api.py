@@ -269,3 +269,49 @@ def test_invalid_input_names_the_field(client: TestClient) -> None:
         json={"subject": {"type": "team", "id": "ml"}, "limit_usd": "1", "period": "day"},
     )
     assert missing_org.status_code == 422 and missing_org.json()["field"] == "org"
+
+
+def test_price_override_applies_from_its_effective_time(client: TestClient) -> None:
+    usage = {"prompt_tokens": 1000, "completion_tokens": 500}
+    before = client.post(
+        "/v1/quotes",
+        json={"model": "gpt-4o", "usage": usage, "billing_time": "2026-01-01T00:00:00Z"},
+    ).json()
+    created = client.post(
+        "/v1/prices/overrides",
+        json={
+            "model_key": "gpt-4o",
+            "effective_at": "2026-06-01T00:00:00Z",
+            "fields": {"input_cost_per_token": "0.000001", "output_cost_per_token": "0.000002"},
+        },
+    )
+    assert created.status_code == 201, created.text
+    override_id = created.json()["override_id"]
+    old = client.post(
+        "/v1/quotes",
+        json={"model": "gpt-4o", "usage": usage, "billing_time": "2026-01-01T00:00:00Z"},
+    ).json()
+    new = client.post(
+        "/v1/quotes",
+        json={"model": "gpt-4o", "usage": usage, "billing_time": "2026-07-01T00:00:00Z"},
+    ).json()
+    assert old["total_usd"] == before["total_usd"] == "0.0075"
+    assert new["total_usd"] == "0.002"
+    assert new["priced_by"]["source"] == override_id
+    internal = client.post(
+        "/v1/prices/overrides",
+        json={
+            "model_key": "acme-internal-llm",
+            "effective_at": "2026-01-01T00:00:00Z",
+            "fields": {"input_cost_per_token": "0.0000001", "output_cost_per_token": "0"},
+        },
+    )
+    assert internal.status_code == 201
+    priced = client.post("/v1/quotes", json={"model": "acme-internal-llm", "usage": usage})
+    assert priced.status_code == 200 and priced.json()["total_usd"] == "0.0001"
+    listed = client.get("/v1/prices/overrides").json()["overrides"]
+    assert [o["model_key"] for o in listed] == ["gpt-4o", "acme-internal-llm"]
+    bad = client.post(
+        "/v1/prices/overrides", json={"model_key": "x", "fields": {"input_cost_per_token": "NaN"}}
+    )
+    assert bad.status_code == 422 and bad.json()["field"] == "fields.input_cost_per_token"
