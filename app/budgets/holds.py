@@ -260,6 +260,7 @@ def reserve(
             "expires_at": reservation.expires_at,
             "overrun": False,
             "late": False,
+            "version": 1,
         },
     )
     ledger.append(
@@ -279,6 +280,7 @@ def reserve(
             "model": model,
             "provider": provider,
             "metadata": metadata,
+            "version": 1,
         },
     )
     idempotency.store(
@@ -332,6 +334,7 @@ def extend(
         reservation_id=reservation_id,
         amount_pico_usd=new_amount,
         expires_at=expires_at,
+        version=row.version + 1,
     )
     ledger.append(
         conn,
@@ -346,6 +349,7 @@ def extend(
             "previous_amount_pico_usd": row.amount_pico_usd,
             "deltas": _delta_payload(deltas),
             "expires_at": expires_at.isoformat(),
+            "version": row.version + 1,
         },
     )
     return Reservation(
@@ -447,6 +451,7 @@ def commit_reservation(
         settled_at=now,
         overrun=overrun,
         late=late,
+        version=row.version + 1,
     )
     ledger.append_many(
         conn,
@@ -469,6 +474,7 @@ def commit_reservation(
                     "flagged_budgets": flagged,
                     "model": row.model,
                     "provider": row.provider,
+                    "version": row.version + 1,
                 },
             },
             *_usage_events(
@@ -575,7 +581,12 @@ def _release(conn: Connection, *, row: Any, now: datetime, event_type: str) -> N
     queries.add_to_periods(conn, org=row.org, deltas=deltas)
     state = "cancelled" if event_type == events.CANCELLED else "expired"
     queries.update_reservation(
-        conn, org=row.org, reservation_id=row.reservation_id, state=state, settled_at=now
+        conn,
+        org=row.org,
+        reservation_id=row.reservation_id,
+        state=state,
+        settled_at=now,
+        version=row.version + 1,
     )
     ledger.append(
         conn,
@@ -586,7 +597,7 @@ def _release(conn: Connection, *, row: Any, now: datetime, event_type: str) -> N
         reservation_id=row.reservation_id,
         budget_ids=[d[0].budget_id for d in deltas],
         amount_pico_usd=row.amount_pico_usd,
-        payload={"deltas": _delta_payload(deltas)},
+        payload={"deltas": _delta_payload(deltas), "version": row.version + 1},
     )
 
 

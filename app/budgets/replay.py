@@ -83,51 +83,78 @@ def _budget_defined(fold: _Fold, event: Event) -> None:
 def _budget_changed(fold: _Fold, event: Event) -> None:
     assert event.budget_id is not None
     budget = fold.budgets[event.budget_id]
+    if event.payload["version"] <= budget["version"]:
+        return  # a newer change was folded first (see _newer)
     budget.update(event.payload["changes"])
     budget["version"] = event.payload["version"]
     budget["updated_at"] = event.occurred_at
 
 
+def _newer(fold: _Fold, event: Event) -> dict[str, Any] | None:
+    """The reservation, when this event is newer than what was folded into it.
+
+    Seq follows transaction ids, which a writer may take before it waits for the
+    reservation's row lock; the version, bumped under that lock, is the causal order of the
+    reservation's own events (docs/ledger.md, "Reading the stream").
+    """
+    assert event.reservation_id is not None
+    reservation = fold.reservations[event.reservation_id]
+    version = event.payload.get("version")
+    if version is None:
+        return reservation
+    if version <= reservation["version"]:
+        return None
+    reservation["version"] = version
+    return reservation
+
+
 def _reserved(fold: _Fold, event: Event) -> None:
     assert event.reservation_id is not None
-    fold.reservations[event.reservation_id] = {
-        "org": event.org,
-        "reservation_id": event.reservation_id,
-        "request_id": event.request_id,
-        "state": "held",
-        "amount_pico_usd": event.amount_pico_usd,
-        "cost_pico_usd": None,
-        "expires_at": datetime.fromisoformat(event.payload["expires_at"]),
-        "settled_at": None,
-        "overrun": False,
-        "late": False,
-    }
+    fold.reservations.setdefault(event.reservation_id, {"version": 0})
+    reservation = _newer(fold, event)
+    if reservation is None:
+        return
+    reservation.update(
+        org=event.org,
+        reservation_id=event.reservation_id,
+        request_id=event.request_id,
+        state="held",
+        amount_pico_usd=event.amount_pico_usd,
+        cost_pico_usd=None,
+        expires_at=datetime.fromisoformat(event.payload["expires_at"]),
+        settled_at=None,
+        overrun=False,
+        late=False,
+        version=event.payload.get("version", 1),
+    )
 
 
 def _extended(fold: _Fold, event: Event) -> None:
-    assert event.reservation_id is not None
-    reservation = fold.reservations[event.reservation_id]
-    reservation["amount_pico_usd"] = event.amount_pico_usd
-    reservation["expires_at"] = datetime.fromisoformat(event.payload["expires_at"])
+    reservation = _newer(fold, event)
+    if reservation is not None:
+        reservation["amount_pico_usd"] = event.amount_pico_usd
+        reservation["expires_at"] = datetime.fromisoformat(event.payload["expires_at"])
 
 
 def _committed(fold: _Fold, event: Event) -> None:
     if event.reservation_id is None:
         return  # usage charged without a reservation: only the deltas change projections
-    reservation = fold.reservations[event.reservation_id]
-    reservation.update(
-        state="committed",
-        cost_pico_usd=event.amount_pico_usd,
-        settled_at=event.occurred_at,
-        overrun=event.payload["overrun"],
-        late=event.payload["late"],
-    )
+    reservation = _newer(fold, event)
+    if reservation is not None:
+        reservation.update(
+            state="committed",
+            cost_pico_usd=event.amount_pico_usd,
+            settled_at=event.occurred_at,
+            overrun=event.payload["overrun"],
+            late=event.payload["late"],
+        )
 
 
 def _settled(state: str) -> Callable[[_Fold, Event], None]:
     def handler(fold: _Fold, event: Event) -> None:
-        assert event.reservation_id is not None
-        fold.reservations[event.reservation_id].update(state=state, settled_at=event.occurred_at)
+        reservation = _newer(fold, event)
+        if reservation is not None:
+            reservation.update(state=state, settled_at=event.occurred_at)
 
     return handler
 
@@ -175,6 +202,7 @@ _RESERVATION_COLUMNS = (
     "settled_at",
     "overrun",
     "late",
+    "version",
 )
 
 

@@ -52,4 +52,5 @@ reservations = Table(
     Column("settled_at", DateTime(timezone=True)),
     Column("overrun", Boolean, nullable=False),
     Column("late", Boolean, nullable=False),
+    Column("version", Integer, nullable=False),
 )

@@ -240,3 +240,52 @@ def test_expiry_racing_commits_charges_each_once(engine: Engine) -> None:
     assert states == Counter({"committed": 120})
     assert expired_events == expired
     _verify(engine)
+
+
+def test_replay_follows_causal_order_when_seq_does_not(engine: Engine) -> None:
+    """A commit that took its transaction id before waiting for the sweeper's lock gets a
+    lower seq than the expiry it follows; replay must still end in 'committed'."""
+    budget_id = _define(engine, TEAM, USD)
+    reservation = _reserve(engine, "inverted", 10 * CENT, ttl=1)
+    assert reservation is not None
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    committer = engine.connect()
+    committer.begin()
+    committer.execute(text("SELECT pg_current_xact_id()"))  # its id now precedes the sweeper's
+    with engine.begin() as sweeper_conn:
+        assert holds.expire_one(
+            sweeper_conn, org="acme", reservation_id=reservation.reservation_id, now=later
+        )
+        result: list[Settlement] = []
+        waiting = threading.Thread(
+            target=lambda: result.append(
+                holds.commit_reservation(
+                    committer,
+                    org="acme",
+                    reservation_id=reservation.reservation_id,
+                    cost_pico_usd=4 * CENT,
+                    now=later,
+                )
+            )
+        )
+        waiting.start()
+        waiting.join(timeout=0.5)
+        assert waiting.is_alive()  # blocked on the reservation's lock
+    waiting.join(timeout=10)
+    committer.commit()
+    committer.close()
+    assert result and result[0].late
+    with engine.connect() as conn:
+        order = (
+            conn.execute(
+                text(
+                    "SELECT event_type FROM ledger_events WHERE reservation_id = :id ORDER BY seq"
+                ),
+                {"id": reservation.reservation_id},
+            )
+            .scalars()
+            .all()
+        )
+    assert order == ["reserved", "committed", "expired"]  # seq order is not causal order
+    assert _spent_held(engine, budget_id) == (4 * CENT, 0)
+    _verify(engine)
