@@ -21,6 +21,8 @@ TIMING_WORDS = (
     "timeout",
     "sleep",
     "cutoff",
+    "backoff",
+    "retry_after",
 )
 
 

@@ -57,11 +57,6 @@ def require(scope: str) -> Callable[[Principal], Principal]:
     return check
 
 
-def reader(caller: Annotated[Principal, Depends(principal)]) -> Principal:
-    """Reads are open to reader and admin keys; gateway keys read what they wrote."""
-    return caller
-
-
 Gateway = Annotated[Principal, Depends(require("gateway"))]
 Reader = Annotated[Principal, Depends(require("reader"))]
 Admin = Annotated[Principal, Depends(require("admin"))]

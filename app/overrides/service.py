@@ -145,11 +145,14 @@ class PriceBook:
         self.refresh_seconds = refresh_seconds
         self._table = base
         self._marker: int | None = None
-        self._checked = 0.0
+        self._checked_seconds = 0.0
         self._lock = threading.Lock()
 
     def table(self) -> PriceTable:
-        if self.engine is not None and time.monotonic() - self._checked > self.refresh_seconds:
+        if (
+            self.engine is not None
+            and time.monotonic() - self._checked_seconds > self.refresh_seconds
+        ):
             self.refresh()
         return self._table
 
@@ -162,4 +165,4 @@ class PriceBook:
                 stored = list_overrides(conn)
                 self._table = self.base.with_overrides(s.override for s in stored)
                 self._marker = latest
-            self._checked = time.monotonic()
+            self._checked_seconds = time.monotonic()

@@ -1,0 +1,457 @@
+"""The asynchronous client: ``AsyncLedgerClient`` and its reservation handle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from app.client import _core
+from app.client._core import Call, Money, RetryPolicy, SubjectLike
+from app.client.errors import LedgerError, Unavailable
+from app.client.models import Budget, BudgetRemaining, Quote, Reservation, Settlement
+
+T = TypeVar("T")
+log = logging.getLogger("app.client")
+
+
+class AsyncReservationHandle:
+    """A live reservation: ``commit``, ``cancel`` or ``extend`` it.
+
+    As a context manager, leaving the block without a commit or cancel (normally or by an
+    exception) cancels the hold::
+
+        async with ledger.reserve([("team", "search")], amount_usd=Decimal("0.05")) as r:
+            response = await call_the_model(max_tokens=r.max_output_tokens)
+            await r.commit(response.usage, model="gpt-4o")
+    """
+
+    def __init__(self, client: AsyncLedgerClient, reservation: Reservation) -> None:
+        self._client = client
+        self.reservation = reservation
+        self.settlement: Settlement | None = None
+        self.settled = False
+
+    @property
+    def reservation_id(self) -> str:
+        return self.reservation.reservation_id
+
+    @property
+    def request_id(self) -> str:
+        return self.reservation.request_id
+
+    @property
+    def org(self) -> str:
+        return self.reservation.org
+
+    @property
+    def state(self) -> str:
+        return self.reservation.state
+
+    @property
+    def amount_usd(self) -> Decimal:
+        return self.reservation.amount_usd
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.reservation.expires_at
+
+    @property
+    def budgets(self) -> tuple[BudgetRemaining, ...]:
+        return self.reservation.budgets
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return self.reservation.max_output_tokens
+
+    async def commit(
+        self,
+        usage: Mapping[str, Any] | None = None,
+        *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        call_type: str | None = None,
+        ttft_ms: int | None = None,
+        duration_ms: int | None = None,
+        billing_time: str | datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Settlement:
+        """Charge the exact cost of ``usage`` (or of each of ``messages``); releases the hold."""
+        self.settlement = await self._client.commit(
+            self.reservation_id,
+            usage,
+            messages=messages,
+            model=model,
+            provider=provider,
+            call_type=call_type,
+            ttft_ms=ttft_ms,
+            duration_ms=duration_ms,
+            billing_time=billing_time,
+            metadata=metadata,
+        )
+        self.settled = True
+        return self.settlement
+
+    async def cancel(self) -> Reservation:
+        """Release the hold without charging."""
+        self.reservation = await self._client.cancel(self.reservation_id)
+        self.settled = True
+        return self.reservation
+
+    async def extend(
+        self, *, amount_usd: Money | None = None, ttl_seconds: int | None = None
+    ) -> Reservation:
+        """Raise the hold to ``amount_usd`` and/or push its expiry to now + ``ttl_seconds``."""
+        self.reservation = await self._client.extend(
+            self.reservation_id, amount_usd=amount_usd, ttl_seconds=ttl_seconds
+        )
+        return self.reservation
+
+    async def __aenter__(self) -> AsyncReservationHandle:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.settled:
+            return
+        try:
+            await self.cancel()
+        except LedgerError:
+            if exc_type is None:
+                raise
+            # The block's own exception matters more; an uncancelled hold expires on its own.
+            log.warning("could not cancel reservation %s", self.reservation_id, exc_info=True)
+
+    def __repr__(self) -> str:
+        return f"AsyncReservationHandle({self.reservation!r}, settled={self.settled})"
+
+
+class PendingReservation:
+    """A reservation call not yet sent: awaitable (giving the handle) and an async context
+    manager (the handle, cancelled on leaving the block unless committed or cancelled)."""
+
+    def __init__(self, client: AsyncLedgerClient, call: Call[Reservation]) -> None:
+        self._client = client
+        self._call = call
+        self._handle: AsyncReservationHandle | None = None
+
+    @property
+    def request_id(self) -> str:
+        """The idempotency key this reservation is (or will be) sent with."""
+        body = self._call.body or {}
+        return str(body["request_id"])
+
+    async def _run(self) -> AsyncReservationHandle:
+        if self._handle is None:
+            reservation = await self._client._send(self._call)
+            self._handle = AsyncReservationHandle(self._client, reservation)
+        return self._handle
+
+    def __await__(self) -> Generator[Any, None, AsyncReservationHandle]:
+        return self._run().__await__()
+
+    async def __aenter__(self) -> AsyncReservationHandle:
+        return await self._run()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._handle is not None
+        await self._handle.__aexit__(exc_type, exc, tb)
+
+
+class AsyncLedgerClient:
+    """Asynchronous client of the usage-ledger HTTP API.
+
+    Every write carries an idempotency key generated once per call (or given as
+    ``request_id``), so retries — on connection errors, timeouts, 503 and 504, with bounded
+    exponential backoff honouring Retry-After — can never double-charge. ``org`` is the default
+    org of writes (a key confined to one org implies it).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        org: str | None = None,
+        timeout: float | httpx.Timeout | None = _core.DEFAULT_TIMEOUT,
+        max_retries: int = 3,
+        backoff_base: float = 0.25,
+        backoff_max: float = 8.0,
+        max_retry_after: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max, max_retry_after)
+        self._calls = _core.Calls(org)
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=_core.headers(api_key, headers),
+            timeout=_core.timeout(timeout),
+            transport=transport,
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncLedgerClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def _send(self, call: Call[T]) -> T:
+        content = call.content()
+        request_headers = {"Content-Type": "application/json"} if content is not None else {}
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    call.method,
+                    call.path,
+                    content=content,
+                    params=call.params,
+                    headers=request_headers,
+                )
+            except httpx.TransportError as error:
+                delay = (
+                    self.retry.delay(attempt, None) if _core.retryable_exception(error) else None
+                )
+                if delay is None:
+                    raise _core.connection_failed(error, call) from error
+                log.info("retrying %s %s after %s", call.method, call.path, type(error).__name__)
+            else:
+                if response.status_code not in _core.RETRY_STATUSES:
+                    return _core.result(call, response)
+                failure = _core.error_from_response(response)
+                retry_after = failure.retry_after if isinstance(failure, Unavailable) else None
+                delay = self.retry.delay(attempt, retry_after)
+                if delay is None:
+                    raise failure
+                log.info("retrying %s %s after %d", call.method, call.path, response.status_code)
+            await self._sleep(delay)
+            attempt += 1
+
+    # Budgets
+
+    async def create_budget(
+        self,
+        subject_type: str,
+        subject_id: str,
+        limit_usd: Money,
+        period: str,
+        *,
+        org: str | None = None,
+        timezone: str = "UTC",
+        mode: str = "hard",
+        alert_thresholds: Sequence[Money] | None = None,
+        request_id: str | None = None,
+    ) -> Budget:
+        """Define a budget (admin key); ``period`` is day, week, month or total."""
+        return await self._send(
+            self._calls.create_budget(
+                subject_type,
+                subject_id,
+                limit_usd,
+                period,
+                org=org,
+                timezone=timezone,
+                mode=mode,
+                alert_thresholds=alert_thresholds,
+                request_id=request_id,
+            )
+        )
+
+    async def get_budget(self, budget_id: str | uuid.UUID) -> Budget:
+        return await self._send(self._calls.get_budget(budget_id))
+
+    async def list_budgets(
+        self,
+        subject_type: str | None = None,
+        subject_id: str | None = None,
+        *,
+        org: str | None = None,
+    ) -> list[Budget]:
+        return await self._send(self._calls.list_budgets(subject_type, subject_id, org))
+
+    async def change_budget(
+        self,
+        budget_id: str | uuid.UUID,
+        *,
+        limit_usd: Money | None = None,
+        mode: str | None = None,
+        alert_thresholds: Sequence[Money] | None = None,
+    ) -> Budget:
+        return await self._send(
+            self._calls.change_budget(
+                budget_id,
+                limit_usd=limit_usd,
+                mode=mode,
+                alert_thresholds=alert_thresholds,
+            )
+        )
+
+    # Reservations
+
+    def reserve(
+        self,
+        subjects: Iterable[SubjectLike],
+        *,
+        amount_usd: Money | None = None,
+        request: Mapping[str, Any] | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        fit: str = "refuse",
+        ttl_seconds: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        org: str | None = None,
+        request_id: str | None = None,
+    ) -> PendingReservation:
+        """Hold ``amount_usd``, or the worst case of ``request`` for ``model``, against every
+        budget of ``subjects``. ``fit="clamp"`` reserves what fits and caps the output.
+
+        Await it for the handle (``r = await ledger.reserve(...)``) or use it directly as an
+        async context manager (``async with ledger.reserve(...) as r:``).
+        """
+        call = self._calls.reserve(
+            subjects,
+            amount_usd=amount_usd,
+            request=request,
+            model=model,
+            provider=provider,
+            fit=fit,
+            ttl_seconds=ttl_seconds,
+            metadata=metadata,
+            org=org,
+            request_id=request_id,
+        )
+        return PendingReservation(self, call)
+
+    async def get_reservation(self, reservation_id: str | uuid.UUID) -> Reservation:
+        return await self._send(self._calls.get_reservation(reservation_id))
+
+    async def commit(
+        self,
+        reservation_id: str | uuid.UUID,
+        usage: Mapping[str, Any] | None = None,
+        *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        call_type: str | None = None,
+        ttft_ms: int | None = None,
+        duration_ms: int | None = None,
+        billing_time: str | datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        org: str | None = None,
+    ) -> Settlement:
+        return await self._send(
+            self._calls.commit(
+                reservation_id,
+                usage,
+                messages=messages,
+                model=model,
+                provider=provider,
+                call_type=call_type,
+                ttft_ms=ttft_ms,
+                duration_ms=duration_ms,
+                billing_time=billing_time,
+                metadata=metadata,
+                org=org,
+            )
+        )
+
+    async def cancel(
+        self, reservation_id: str | uuid.UUID, *, org: str | None = None
+    ) -> Reservation:
+        return await self._send(self._calls.cancel(reservation_id, org))
+
+    async def extend(
+        self,
+        reservation_id: str | uuid.UUID,
+        *,
+        amount_usd: Money | None = None,
+        ttl_seconds: int | None = None,
+        org: str | None = None,
+    ) -> Reservation:
+        return await self._send(
+            self._calls.extend(
+                reservation_id, amount_usd=amount_usd, ttl_seconds=ttl_seconds, org=org
+            )
+        )
+
+    # Usage and quotes
+
+    async def record_usage(
+        self,
+        subjects: Iterable[SubjectLike],
+        usage: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        call_type: str | None = None,
+        ttft_ms: int | None = None,
+        duration_ms: int | None = None,
+        billing_time: str | datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        org: str | None = None,
+    ) -> Settlement:
+        """Charge a completed request that had no reservation."""
+        return await self._send(
+            self._calls.record_usage(
+                subjects,
+                usage,
+                request_id=request_id,
+                messages=messages,
+                model=model,
+                provider=provider,
+                call_type=call_type,
+                ttft_ms=ttft_ms,
+                duration_ms=duration_ms,
+                billing_time=billing_time,
+                metadata=metadata,
+                org=org,
+            )
+        )
+
+    async def quote(
+        self,
+        model: str,
+        usage: Mapping[str, Any] | None = None,
+        *,
+        provider: str | None = None,
+        request: Mapping[str, Any] | None = None,
+        billing_time: str | datetime | None = None,
+    ) -> Quote:
+        """The exact cost of ``usage`` (or the worst case of ``request``); no budget touched."""
+        return await self._send(
+            self._calls.quote(
+                model, usage, provider=provider, request=request, billing_time=billing_time
+            )
+        )
