@@ -1,7 +1,7 @@
 """Database fixtures: a real PostgreSQL always, and never a database the tests did not create.
 
 The server is, in order: $TEST_DATABASE_URL; 127.0.0.1:5432 if it answers within a few
-seconds; else an embedded server in a temporary directory. A template database is migrated
+seconds (unless $TEST_EMBEDDED is set); else an embedded server in a temporary directory. A template database is migrated
 once per session; tests that need real commits get their own clone, the rest share one clone
 inside an outer transaction rolled back after each test.
 """
@@ -71,7 +71,8 @@ def pg_server() -> Iterator[Server]:
             url.host or "127.0.0.1", url.port or 5432, url.username or "postgres", url.password
         )
         return
-    if _reachable("127.0.0.1", 5432, "postgres"):
+    # TEST_EMBEDDED=1 skips the local server, as on a machine where none runs.
+    if not os.environ.get("TEST_EMBEDDED") and _reachable("127.0.0.1", 5432, "postgres"):
         yield Server("127.0.0.1", 5432, "postgres", None)
         return
     with tempfile.TemporaryDirectory(prefix="ul-test-pg-") as directory:

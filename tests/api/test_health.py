@@ -23,3 +23,24 @@ def test_unknown_path_is_a_problem_document(client: TestClient) -> None:
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["type"].endswith("/not-found")
+
+
+def test_openapi_and_docs_are_served(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    paths = set(document["paths"])
+    assert {
+        "/v1/budgets",
+        "/v1/budgets/{budget_id}",
+        "/v1/reservations",
+        "/v1/reservations/{reservation_id}/commit",
+        "/v1/reservations/{reservation_id}/cancel",
+        "/v1/reservations/{reservation_id}/extend",
+        "/v1/usage",
+        "/v1/quotes",
+        "/v1/prices/overrides",
+        "/healthz",
+        "/readyz",
+    } <= paths
+    reserve = document["paths"]["/v1/reservations"]["post"]["responses"]
+    assert {"201", "402", "409", "422"} <= set(reserve)
+    assert client.get("/docs").status_code == 200
