@@ -1,9 +1,9 @@
 """Database fixtures: a real PostgreSQL always, and never a database the tests did not create.
 
 The server is, in order: $TEST_DATABASE_URL; 127.0.0.1:5432 if it answers within a few
-seconds (unless $TEST_EMBEDDED is set); else an embedded server in a temporary directory. A template database is migrated
-once per session; tests that need real commits get their own clone, the rest share one clone
-inside an outer transaction rolled back after each test.
+seconds (unless $TEST_EMBEDDED is set); else an embedded server in a temporary directory.
+A template database is migrated once per session; tests that need real commits get their own
+clone, the rest share one clone inside an outer transaction rolled back after each test.
 """
 
 from __future__ import annotations

@@ -71,11 +71,10 @@ def _rate(rates: Mapping[str, Rate], key: str, suffix: str, default: Rate | None
 
 
 def select_tier(tiers: tuple[Tier, ...], prompt_tokens: int) -> int | None:
-    """The tier pricing a prompt: ``low < prompt <= high``, else the last; 0 tokens: the first."""
+    """The tier pricing a prompt: ``low < prompt <= high``, else the last (the README's rule,
+    applied literally: a 0-token prompt lies in no range and takes the last tier)."""
     if not tiers:
         return None
-    if prompt_tokens <= 0:
-        return 0
     for index, tier in enumerate(tiers):
         if tier.low < prompt_tokens <= tier.high:
             return index

@@ -351,3 +351,19 @@ def test_quote_states_its_source_and_breakdown() -> None:
 def test_huge_but_valid_usage_is_exact() -> None:
     quote = price(default_table(), "gpt-4o", prompt_tokens=2**53 - 1, completion_tokens=2**53 - 1)
     assert usd(quote["total_usd"]) == (2**53 - 1) * (usd("2.5e-6") + usd("1e-5"))
+
+
+def test_tier_edges_follow_the_rule_literally() -> None:
+    from app.pricing.cost import select_tier
+    from app.pricing.table import Tier
+
+    tiers = (
+        Tier(Decimal(0), Decimal(32000), {}),
+        Tier(Decimal(32000), Decimal(128000), {}),
+        Tier(Decimal(128000), Decimal(256000), {}),
+    )
+    assert select_tier(tiers, 1) == 0
+    assert select_tier(tiers, 32000) == 0  # upper bound inclusive
+    assert select_tier(tiers, 32001) == 1
+    assert select_tier(tiers, 256001) == 2  # beyond every range: the last tier
+    assert select_tier(tiers, 0) == 2  # 0 is in no (low, high] range: the last tier
