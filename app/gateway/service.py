@@ -83,6 +83,19 @@ def _tightest_hard_budget(
     return tightest
 
 
+def _previous(conn: Connection, *, org: str, operation: str, key: str, content: Any) -> Any:
+    """The stored response of a retried call (the same content), before any pricing work."""
+    if content is None:
+        return None
+    return idempotency.lookup(
+        conn,
+        org=org,
+        operation=operation,
+        key=key,
+        content_fingerprint=idempotency.fingerprint(content),
+    )
+
+
 def _clamped_estimate(
     table: PriceTable,
     *,
@@ -145,16 +158,9 @@ def reserve(
     """Reserve a stated amount, or the worst case of ``request``; with ``fit="clamp"`` reserve
     what fits a hard budget and return the output cap that keeps the request within it."""
     content = idempotency_content
-    if content is not None:
-        previous = idempotency.lookup(
-            conn,
-            org=org,
-            operation="reserve",
-            key=request_id,
-            content_fingerprint=idempotency.fingerprint(content),
-        )
-        if previous is not None:
-            return holds.reservation_from_json(previous)
+    previous = _previous(conn, org=org, operation="reserve", key=request_id, content=content)
+    if previous is not None:
+        return holds.reservation_from_json(previous)
     now = datetime.now(UTC)
     details: dict[str, Any] = {}
     if amount_pico_usd is None:
@@ -257,16 +263,11 @@ def commit(
     idempotency_content: Any = None,
 ) -> Settlement:
     """Price each message's usage and commit the reservation with the exact total."""
-    if idempotency_content is not None:
-        previous = idempotency.lookup(
-            conn,
-            org=org,
-            operation="commit",
-            key=str(reservation_id),
-            content_fingerprint=idempotency.fingerprint(idempotency_content),
-        )
-        if previous is not None:
-            return holds.settlement_from_json(previous)
+    previous = _previous(
+        conn, org=org, operation="commit", key=str(reservation_id), content=idempotency_content
+    )
+    if previous is not None:
+        return holds.settlement_from_json(previous)
     row = queries.find_reservation(conn, reservation_id=reservation_id, org=org)
     if row is None:
         raise ReservationNotFound(
@@ -306,16 +307,11 @@ def record_usage(
     idempotency_content: Any = None,
 ) -> Settlement:
     """Price a completed request's usage and charge it without a reservation."""
-    if idempotency_content is not None:
-        previous = idempotency.lookup(
-            conn,
-            org=org,
-            operation="usage",
-            key=request_id,
-            content_fingerprint=idempotency.fingerprint(idempotency_content),
-        )
-        if previous is not None:
-            return holds.settlement_from_json(previous)
+    previous = _previous(
+        conn, org=org, operation="usage", key=request_id, content=idempotency_content
+    )
+    if previous is not None:
+        return holds.settlement_from_json(previous)
     records, quotes = _price_messages(
         table,
         messages,
