@@ -1,7 +1,7 @@
 """Exact money: integer pico-USD (1e-12 USD) everywhere inside the ledger.
 
 The unit is chosen so that every token rate in LiteLLM's price map is an integer (see
-docs/pricing.md); amounts cross the API as decimal strings of USD. No float is ever involved.
+docs/pricing.md); amounts cross the API as decimal strings of USD. No binary floating point, ever.
 """
 
 from __future__ import annotations

@@ -44,9 +44,9 @@ def expire_due(engine: Engine, *, now: datetime | None = None, batch: int = 500)
 class Sweeper:
     """Runs ``expire_due`` every ``interval`` seconds in a daemon thread until stopped."""
 
-    def __init__(self, engine: Engine, interval: float) -> None:
+    def __init__(self, engine: Engine, interval_seconds: float) -> None:
         self.engine = engine
-        self.interval = interval
+        self.interval_seconds = interval_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="expiry-sweeper", daemon=True)
 
@@ -58,7 +58,7 @@ class Sweeper:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(self.interval_seconds):
             try:
                 count = expire_due(self.engine)
                 if count:

@@ -37,7 +37,7 @@ def new_request_id() -> str:
 def money(value: Money) -> str:
     """An exact USD string for the server: Decimals in plain notation; floats are refused."""
     if isinstance(value, bool | float):  # money-safe: refuses floats
-        raise TypeError("money must be a Decimal, str or int, never a float")
+        raise TypeError("money must be a Decimal, str or int, never a float")  # money-safe
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"not an amount: {value}")
@@ -100,11 +100,11 @@ class RetryPolicy:
     """
 
     max_retries: int = 3
-    backoff_base: float = 0.25
-    backoff_max: float = 8.0
-    max_retry_after: float = 30.0
+    backoff_base: float = 0.25  # money-safe: seconds
+    backoff_max: float = 8.0  # money-safe: seconds
+    max_retry_after: float = 30.0  # money-safe: seconds
 
-    def delay(self, attempt: int, retry_after: float | None) -> float | None:
+    def delay(self, attempt: int, retry_after: float | None) -> float | None:  # money-safe: seconds
         """Seconds to wait before retry number ``attempt`` (0-based), or None to give up."""
         if attempt >= self.max_retries:
             return None
@@ -186,7 +186,7 @@ def headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[str, s
     return values
 
 
-def timeout(value: float | httpx.Timeout | None) -> httpx.Timeout:
+def timeout(value: float | httpx.Timeout | None) -> httpx.Timeout:  # money-safe: seconds
     if isinstance(value, httpx.Timeout):
         return value
     return httpx.Timeout(DEFAULT_TIMEOUT if value is None else value)

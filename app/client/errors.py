@@ -140,7 +140,7 @@ class Unavailable(LedgerError):
         problem: Mapping[str, Any],
         *,
         status: int | None = None,
-        retry_after: float | None = None,
+        retry_after: float | None = None,  # money-safe: seconds
     ) -> None:
         super().__init__(problem, status=status)
         self.retry_after = retry_after

@@ -153,11 +153,11 @@ class LedgerClient:
         api_key: str | None = None,
         *,
         org: str | None = None,
-        timeout: float | httpx.Timeout | None = _core.DEFAULT_TIMEOUT,
+        timeout: float | httpx.Timeout | None = _core.DEFAULT_TIMEOUT,  # money-safe: seconds
         max_retries: int = 3,
-        backoff_base: float = 0.25,
-        backoff_max: float = 8.0,
-        max_retry_after: float = 30.0,
+        backoff_base: float = 0.25,  # money-safe: seconds
+        backoff_max: float = 8.0,  # money-safe: seconds
+        max_retry_after: float = 30.0,  # money-safe: seconds
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:

@@ -119,7 +119,7 @@ class EmbeddedPostgres:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _run(self, args: list[str], timeout: float = 60) -> None:
+    def _run(self, args: list[str], timeout: float = 60) -> None:  # money-safe: seconds
         user = SYSTEM_USER if self.run_as_root else None
         result = subprocess.run(
             args, capture_output=True, text=True, timeout=timeout, user=user, check=False
