@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from app.budgets.model import Budget
 from app.errors import Conflict, LedgerError, NotFound
+from app.money import format_usd
 
 
 class BudgetExceeded(LedgerError):
@@ -28,6 +30,19 @@ class BudgetExceeded(LedgerError):
             limit_usd=limit_usd,
             remaining_usd=remaining_usd,
             requested_usd=requested_usd,
+        )
+
+    @classmethod
+    def of(
+        cls, budget: Budget, *, remaining_pico_usd: int, requested_pico_usd: int
+    ) -> BudgetExceeded:
+        """The refusal by ``budget``; a negative remaining is shown as zero."""
+        return cls(
+            budget_id=str(budget.budget_id),
+            subject=budget.subject.as_dict(),
+            limit_usd=format_usd(budget.limit_pico_usd),
+            remaining_usd=format_usd(max(remaining_pico_usd, 0)),
+            requested_usd=format_usd(requested_pico_usd),
         )
 
 

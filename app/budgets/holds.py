@@ -29,7 +29,6 @@ from app.errors import InvalidInput
 from app.ledger import events, idempotency
 from app.ledger import service as ledger
 from app.ledger.records import UsageRecord
-from app.money import format_usd
 
 Delta = tuple[Hold, int, int]
 
@@ -73,6 +72,15 @@ def _holds_from_payload(payload: Sequence[dict[str, str]]) -> list[Hold]:
     ]
 
 
+def _lock_held_budgets(conn: Connection, row: Any) -> tuple[dict[UUID, Budget], list[Hold]]:
+    """Lock the budgets a reservation holds money in (in budget_id order, after the
+    reservation's own lock) and return them with the holds, in that order, that they back."""
+    holds = _holds_from_payload(row.holds)
+    locked = queries.lock_budgets_by_id(conn, org=row.org, budget_ids=[h.budget_id for h in holds])
+    by_id = {b.budget_id: b for b in locked}
+    return by_id, [h for h in sorted(holds, key=lambda h: h.budget_id) if h.budget_id in by_id]
+
+
 def _check_hard_limits(
     budgets: Sequence[Budget],
     after: dict[tuple[UUID, datetime], tuple[int, int]],
@@ -86,12 +94,8 @@ def _check_hard_limits(
         spent, held = after[(hold.budget_id, hold.period_start)]
         left = budget.limit_pico_usd - spent - held
         if budget.mode == "hard" and amount > 0 and left < 0:
-            raise BudgetExceeded(
-                budget_id=str(budget.budget_id),
-                subject=budget.subject.as_dict(),
-                limit_usd=format_usd(budget.limit_pico_usd),
-                remaining_usd=format_usd(max(left + amount, 0)),
-                requested_usd=format_usd(amount),
+            raise BudgetExceeded.of(
+                budget, remaining_pico_usd=left + amount, requested_pico_usd=amount
             )
         remaining.append(
             BudgetRemaining(
@@ -318,10 +322,7 @@ def extend(
     if ttl_seconds is not None and ttl_seconds <= 0:
         raise InvalidInput("ttl must be positive", field="ttl_seconds")
     increase = new_amount - row.amount_pico_usd
-    holds = _holds_from_payload(row.holds)
-    locked = queries.lock_budgets_by_id(conn, org=org, budget_ids=[h.budget_id for h in holds])
-    by_id = {b.budget_id: b for b in locked}
-    live_holds = [h for h in sorted(holds, key=lambda h: h.budget_id) if h.budget_id in by_id]
+    by_id, live_holds = _lock_held_budgets(conn, row)
     deltas = [(hold, 0, increase) for hold in live_holds]
     after = queries.add_to_periods(conn, org=org, deltas=deltas)
     remaining = _check_hard_limits(
@@ -433,10 +434,7 @@ def commit_reservation(
         )
     still_held = row.state == "held"
     late = not still_held or now > row.expires_at
-    holds = _holds_from_payload(row.holds)
-    locked = queries.lock_budgets_by_id(conn, org=org, budget_ids=[h.budget_id for h in holds])
-    by_id = {b.budget_id: b for b in locked}
-    live_holds = [h for h in sorted(holds, key=lambda h: h.budget_id) if h.budget_id in by_id]
+    by_id, live_holds = _lock_held_budgets(conn, row)
     release = row.amount_pico_usd if still_held else 0
     deltas = [(hold, cost_pico_usd, -release) for hold in live_holds]
     after = queries.add_to_periods(conn, org=org, deltas=deltas)
@@ -570,14 +568,8 @@ def cancel(
 
 
 def _release(conn: Connection, *, row: Any, now: datetime, event_type: str) -> None:
-    holds = _holds_from_payload(row.holds)
-    locked = queries.lock_budgets_by_id(conn, org=row.org, budget_ids=[h.budget_id for h in holds])
-    live = {b.budget_id for b in locked}
-    deltas = [
-        (h, 0, -row.amount_pico_usd)
-        for h in sorted(holds, key=lambda h: h.budget_id)
-        if h.budget_id in live
-    ]
+    _, live_holds = _lock_held_budgets(conn, row)
+    deltas = [(hold, 0, -row.amount_pico_usd) for hold in live_holds]
     queries.add_to_periods(conn, org=row.org, deltas=deltas)
     state = "cancelled" if event_type == events.CANCELLED else "expired"
     queries.update_reservation(
@@ -660,13 +652,7 @@ def record_usage(
         spent, held = after[(hold.budget_id, hold.period_start)]
         left_before = budget.limit_pico_usd - (spent - cost_pico_usd) - held
         if budget.mode == "hard" and left_before <= 0 and cost_pico_usd > 0:
-            raise BudgetExceeded(
-                budget_id=str(budget.budget_id),
-                subject=budget.subject.as_dict(),
-                limit_usd=format_usd(budget.limit_pico_usd),
-                remaining_usd="0",
-                requested_usd=format_usd(cost_pico_usd),
-            )
+            raise BudgetExceeded.of(budget, remaining_pico_usd=0, requested_pico_usd=cost_pico_usd)
     flagged = _over_limit(after, budgets={b.budget_id: b for b in locked}, holds=holds)
     ledger.append_many(
         conn,

@@ -19,7 +19,6 @@ from app.budgets.model import Reservation, Settlement, Subject
 from app.errors import InvalidInput
 from app.ledger import idempotency
 from app.ledger.records import UsageRecord
-from app.money import format_usd
 from app.pricing import service as pricing
 from app.pricing.table import PriceTable
 from app.pricing.usage import usage_to_fields
@@ -130,12 +129,8 @@ def _clamped_estimate(
         )
         if estimate.amount_pico_usd <= available:
             return estimate
-    raise BudgetExceeded(
-        budget_id=str(status.budget.budget_id),
-        subject=status.budget.subject.as_dict(),
-        limit_usd=format_usd(status.budget.limit_pico_usd),
-        remaining_usd=format_usd(available),
-        requested_usd=format_usd(wanted.amount_pico_usd),
+    raise BudgetExceeded.of(
+        status.budget, remaining_pico_usd=available, requested_pico_usd=wanted.amount_pico_usd
     )
 
 
