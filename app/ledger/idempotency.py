@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import Column, Connection, DateTime, Table, Text, select, update
+from sqlalchemy import Column, Connection, DateTime, Row, Table, Text, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from app.db.metadata import metadata
@@ -48,19 +48,11 @@ def claim(
     ).first()
     if inserted is not None:
         return None
-    row = conn.execute(
-        select(idempotency_keys.c.fingerprint, idempotency_keys.c.response).where(
-            idempotency_keys.c.org == org,
-            idempotency_keys.c.operation == operation,
-            idempotency_keys.c.key == key,
-        )
-    ).one()
-    if row.fingerprint != content_fingerprint:
-        raise IdempotencyConflict(
-            f"{operation} with key {key!r} was already made with different content",
-            idempotency_key=key,
-            operation=operation,
-        )
+    row = _checked(
+        conn, org=org, operation=operation, key=key, content_fingerprint=content_fingerprint
+    )
+    if row is None:
+        raise RuntimeError(f"idempotency key {key!r} vanished after a conflicting insert")
     response: dict[str, Any] = row.response
     return response
 
@@ -78,10 +70,10 @@ def store(conn: Connection, *, org: str, operation: str, key: str, response: Any
     )
 
 
-def lookup(
+def _checked(
     conn: Connection, *, org: str, operation: str, key: str, content_fingerprint: str
-) -> dict[str, Any] | None:
-    """The stored response of an earlier use of ``key`` (without claiming it), if any."""
+) -> Row[Any, Any] | None:
+    """The stored row of ``key``, refused as a conflict when its content differs."""
     row = conn.execute(
         select(idempotency_keys.c.fingerprint, idempotency_keys.c.response).where(
             idempotency_keys.c.org == org,
@@ -89,13 +81,23 @@ def lookup(
             idempotency_keys.c.key == key,
         )
     ).first()
-    if row is None or row.response is None:
-        return None
-    if row.fingerprint != content_fingerprint:
+    if row is not None and row.fingerprint != content_fingerprint:
         raise IdempotencyConflict(
             f"{operation} with key {key!r} was already made with different content",
             idempotency_key=key,
             operation=operation,
         )
+    return row
+
+
+def lookup(
+    conn: Connection, *, org: str, operation: str, key: str, content_fingerprint: str
+) -> dict[str, Any] | None:
+    """The stored response of an earlier use of ``key`` (without claiming it), if any."""
+    row = _checked(
+        conn, org=org, operation=operation, key=key, content_fingerprint=content_fingerprint
+    )
+    if row is None or row.response is None:
+        return None
     response: dict[str, Any] = row.response
     return response
