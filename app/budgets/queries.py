@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Row, and_, or_, select, tuple_, update
+from sqlalchemy import Connection, Row, and_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
 from app.budgets.model import Budget, Hold, Subject
@@ -173,20 +173,18 @@ def find_budgets(
     *,
     org: str | None,
     budget_id: UUID | None = None,
-    subject: Subject | None = None,
     subject_type: str | None = None,
+    subject_id: str | None = None,
 ) -> list[Budget]:
     conditions = []
     if org is not None:
         conditions.append(budgets.c.org == org)
     if budget_id is not None:
         conditions.append(budgets.c.budget_id == budget_id)
-    if subject is not None:
-        conditions.append(
-            or_(and_(budgets.c.subject_type == subject.type, budgets.c.subject_id == subject.id))
-        )
     if subject_type is not None:
         conditions.append(budgets.c.subject_type == subject_type)
+    if subject_id is not None:
+        conditions.append(budgets.c.subject_id == subject_id)
     query = (
         select(budgets)
         .where(and_(True, *conditions))

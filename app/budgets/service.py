@@ -196,11 +196,12 @@ def change_budget(
         changes["alert_thresholds"] = list(thresholds)
     if not changes:
         return old
-    conn.execute(
+    changed = conn.execute(
         update(budgets)
         .where(budgets.c.org == org, budgets.c.budget_id == budget_id)
         .values(**changes, updated_at=now, version=old.version + 1)
-    )
+        .returning(budgets)
+    ).one()
     ledger.append(
         conn,
         org=org,
@@ -211,7 +212,7 @@ def change_budget(
         amount_pico_usd=changes.get("limit_pico_usd"),  # type: ignore[arg-type]
         payload={"changes": changes, "version": old.version + 1},
     )
-    return get_budget(conn, budget_id=budget_id, org=org)
+    return queries.to_budget(changed)
 
 
 def get_budget(conn: Connection, *, budget_id: UUID, org: str | None) -> Budget:
@@ -250,12 +251,7 @@ def list_budget_statuses(
     at: datetime | None = None,
 ) -> list[BudgetStatus]:
     """Budgets of an org (optionally of one subject), each with its current status."""
-    subject = Subject(subject_type, subject_id) if subject_type and subject_id else None
-    found = queries.find_budgets(
-        conn, org=org, subject=subject, subject_type=subject_type if subject is None else None
-    )
-    if subject_id and not subject_type:
-        found = [b for b in found if b.subject.id == subject_id]
+    found = queries.find_budgets(conn, org=org, subject_type=subject_type, subject_id=subject_id)
     return [status_of(conn, budget, at=at) for budget in found]
 
 

@@ -14,13 +14,12 @@ from app.db.engine import Database, make_engine
 
 
 @contextmanager
-def open_database(ns: argparse.Namespace, *, run_migrations: bool = True) -> Iterator[Engine]:
+def open_database(ns: argparse.Namespace) -> Iterator[Engine]:
     """The configured database (or the embedded one), migrated to head, as an engine."""
     settings = Settings.from_namespace(ns)
     database = Database(settings)
     try:
-        if run_migrations:
-            migrate.upgrade(database.url)
+        migrate.upgrade(database.url)
         engine = make_engine(database.url, settings=settings)
         try:
             yield engine
