@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 from app.budgets import holds, queries
 from app.budgets import service as budgets
 from app.budgets.errors import BudgetExceeded, ReservationNotFound
-from app.budgets.model import Reservation, Settlement, Subject
+from app.budgets.model import BudgetStatus, Reservation, Settlement, Subject
 from app.errors import InvalidInput
 from app.ledger import idempotency
 from app.ledger.records import UsageRecord
@@ -68,18 +68,17 @@ def _with_output_cap(request: Mapping[str, Any], cap: int) -> dict[str, Any]:
 
 def _tightest_hard_budget(
     conn: Connection, *, org: str, subjects: Sequence[Subject], at: datetime
-) -> tuple[int, Any] | None:
-    """(remaining, status) of the hard budget with the least room, or None without one."""
-    tightest = None
-    for subject in subjects:
+) -> BudgetStatus | None:
+    """The hard budget of ``subjects`` with the least room, or None without one."""
+    hard = [
+        status
+        for subject in subjects
         for status in budgets.list_budget_statuses(
             conn, org=org, subject_type=subject.type, subject_id=subject.id, at=at
-        ):
-            if status.budget.mode != "hard":
-                continue
-            if tightest is None or status.remaining_pico_usd < tightest[0]:
-                tightest = (status.remaining_pico_usd, status)
-    return tightest
+        )
+        if status.budget.mode == "hard"
+    ]
+    return min(hard, key=lambda status: status.remaining_pico_usd, default=None)
 
 
 def _previous(conn: Connection, *, org: str, operation: str, key: str, content: Any) -> Any:
@@ -103,7 +102,7 @@ def _clamped_estimate(
     request: Mapping[str, Any],
     at: datetime,
     available: int,
-    status: Any,
+    status: BudgetStatus,
     wanted: pricing.Estimate,
 ) -> pricing.Estimate:
     """The worst case of ``request`` with its output capped so that it fits ``available``.
@@ -168,15 +167,15 @@ def reserve(
         )
         if fit == "clamp":
             tightest = _tightest_hard_budget(conn, org=org, subjects=subjects, at=now)
-            if tightest is not None and estimate.amount_pico_usd > tightest[0]:
+            if tightest is not None and estimate.amount_pico_usd > tightest.remaining_pico_usd:
                 estimate = _clamped_estimate(
                     table,
                     model=model,
                     provider=provider,
                     request=request,
                     at=now,
-                    available=max(tightest[0], 0),
-                    status=tightest[1],
+                    available=max(tightest.remaining_pico_usd, 0),
+                    status=tightest,
                     wanted=estimate,
                 )
         amount_pico_usd = estimate.amount_pico_usd
