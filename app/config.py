@@ -27,6 +27,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     expiry_sweep_seconds: int = 5
+    rollup_fold_seconds: int = 1
     default_hold_ttl_seconds: int = 600
     lock_timeout_ms: int = 5000
     pool_size: int = 16
@@ -51,6 +52,7 @@ _FIELDS = (
     "host",
     "port",
     "expiry_sweep_seconds",
+    "rollup_fold_seconds",
     "default_hold_ttl_seconds",
     "lock_timeout_ms",
     "pool_size",
@@ -123,6 +125,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=_env_int("USAGE_LEDGER_EXPIRY_SWEEP_SECONDS"),
         help="How often serve expires overdue holds.",
+    )
+    parser.add_argument(
+        "--rollup-fold-seconds",
+        type=int,
+        default=_env_int("USAGE_LEDGER_ROLLUP_FOLD_SECONDS"),
+        help="How often serve folds new usage events into the report rollups.",
     )
     parser.add_argument(
         "--default-hold-ttl-seconds",

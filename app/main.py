@@ -13,9 +13,12 @@ from app.budgets import router as budgets_router
 from app.budgets.sweeper import Sweeper
 from app.config import Settings
 from app.gateway import router as gateway_router
+from app.ledger import router as ledger_router
 from app.overrides import router as overrides_router
 from app.overrides.service import PriceBook
 from app.pricing.sources import load_table
+from app.reports import router as reports_router
+from app.reports.rollups import Folder
 
 
 def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool = True) -> FastAPI:
@@ -24,13 +27,16 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sweeper = Sweeper(engine, settings.expiry_sweep_seconds) if sweep else None
-        if sweeper is not None:
-            sweeper.start()
+        folder = Folder(engine, settings.rollup_fold_seconds) if sweep else None
+        for worker in (sweeper, folder):
+            if worker is not None:
+                worker.start()
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.stop()
+            for worker in (sweeper, folder):
+                if worker is not None:
+                    worker.stop()
 
     app = FastAPI(
         title="usage-ledger",
@@ -47,4 +53,6 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
     app.include_router(budgets_router.router)
     app.include_router(gateway_router.router)
     app.include_router(overrides_router.router)
+    app.include_router(reports_router.router)
+    app.include_router(ledger_router.router)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.budgets import replay, sweeper
@@ -11,6 +12,8 @@ from app.cli.common import open_database
 from app.config import Settings, add_database_arguments
 from app.db import migrate
 from app.db.engine import Database
+from app.ledger import partitions
+from app.reports import rollups
 
 
 def _migrate(ns: argparse.Namespace) -> int:
@@ -39,6 +42,7 @@ def _replay(ns: argparse.Namespace) -> int:
             print(f"\rreplayed {count:,} events", end="", file=sys.stderr, flush=True)
 
         report = replay.verify(conn, progress if sys.stderr.isatty() else None)
+        report.differences += rollups.verify(conn)
         conn.rollback()
     print(f"replayed {report.events} events")
     for difference in report.differences:
@@ -58,6 +62,53 @@ def _expire(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _fold(ns: argparse.Namespace) -> int:
+    with open_database(ns) as engine:
+        count = rollups.fold_all(engine)
+        with engine.connect() as conn:
+            mark = rollups.watermark(conn)
+    print(f"folded {count} events; rollups hold every event below seq {mark}")
+    return 0
+
+
+def _month(text: str) -> datetime:
+    try:
+        return datetime.strptime(text, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM, got {text!r}") from error
+
+
+def _partitions(ns: argparse.Namespace) -> int:
+    with open_database(ns, as_owner=ns.action in ("archive", "restore")) as engine:
+        with engine.begin() as conn:
+            if ns.action == "ensure":
+                now = datetime.now(UTC)
+                created = partitions.ensure(conn, now, now + timedelta(days=31 * ns.months))
+                print(f"created {created} partitions")
+            elif ns.action == "archive":
+                if ns.before is None:
+                    print("archive needs --before YYYY-MM", file=sys.stderr)
+                    return 2
+                try:
+                    moved = partitions.archive(conn, before=ns.before)
+                except partitions.NotFolded as error:
+                    print(error, file=sys.stderr)
+                    return 1
+                print(f"archived {len(moved)} partitions: {', '.join(moved) or '-'}")
+            elif ns.action == "restore":
+                if not ns.name:
+                    print("restore needs --name ledger_events_YYYY_MM", file=sys.stderr)
+                    return 2
+                partitions.restore(conn, ns.name)
+                print(f"restored {ns.name}")
+        with engine.connect() as conn:
+            for p in partitions.list_partitions(conn, count=True):
+                span = f"{p.start:%Y-%m-%d}..{p.end:%Y-%m-%d}" if p.start and p.end else "default"
+                where = "attached" if p.attached else "archived"
+                print(f"{p.schema}.{p.name}\t{span}\t{where}\t{p.events} events")
+    return 0
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("migrate", help="Migrate the database to the newest schema.")
     add_database_arguments(parser)
@@ -70,6 +121,22 @@ def register(subparsers: Any) -> None:
     add_database_arguments(parser)
     parser.add_argument("--verify", action="store_true", help="Report differences; exit 1 on any.")
     parser.set_defaults(func=_replay)
+
+    parser = subparsers.add_parser(
+        "rollups", help="Fold new usage events into the report rollups once (serve does it)."
+    )
+    add_database_arguments(parser)
+    parser.set_defaults(func=_fold)
+
+    parser = subparsers.add_parser(
+        "partitions", help="List, create ahead, archive or restore monthly event partitions."
+    )
+    add_database_arguments(parser)
+    parser.add_argument("action", choices=("list", "ensure", "archive", "restore"))
+    parser.add_argument("--before", type=_month, help="archive: months ending by YYYY-MM")
+    parser.add_argument("--name", help="restore: the archived partition's name")
+    parser.add_argument("--months", type=int, default=3, help="ensure: months ahead")
+    parser.set_defaults(func=_partitions)
 
     parser = subparsers.add_parser("expire", help="Expire overdue holds once (for cron).")
     add_database_arguments(parser)

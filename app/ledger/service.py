@@ -16,6 +16,7 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    text,
 )
 
 from app.ledger.events import CURRENT_VERSIONS, Event, Payload, upcast
@@ -106,15 +107,29 @@ def read_events(
     org: str | None = None,
     request_id: str | None = None,
     reservation_id: UUID | None = None,
+    subject_id: str | None = None,
+    settled_only: bool = True,
 ) -> list[Event]:
-    """A page of events with seq > ``after``, in seq order, never skipping a late commit."""
-    conditions = [ledger_events.c.seq > after, _SETTLED]
+    """A page of events with seq > ``after``, in seq order.
+
+    ``settled_only`` (for paging) leaves out events that a transaction still running could
+    precede, so that a reader following ``after`` never skips a late commit; without it, every
+    event visible now is returned.
+    """
+    conditions = [ledger_events.c.seq > after]
+    if settled_only:
+        conditions.append(_SETTLED)
     if org is not None:
         conditions.append(ledger_events.c.org == org)
     if request_id is not None:
         conditions.append(ledger_events.c.request_id == request_id)
     if reservation_id is not None:
         conditions.append(ledger_events.c.reservation_id == reservation_id)
+    if subject_id is not None:
+        conditions.append(
+            ledger_events.c.payload["subjects"].contains([{"id": subject_id}])
+            | (ledger_events.c.payload["subject"]["id"].astext == subject_id)
+        )
     query = (
         select(ledger_events).where(and_(*conditions)).order_by(ledger_events.c.seq).limit(limit)
     )
@@ -122,10 +137,13 @@ def read_events(
 
 
 def stream_events(conn: Connection, *, batch_size: int = 5000) -> Iterator[Event]:
-    """Every event in seq order, fetched in batches through a server-side cursor."""
+    """Every event in seq order, archived months included, fetched in batches through a
+    server-side cursor."""
+    from app.ledger.partitions import history_source
+
     query = (
-        select(ledger_events)
-        .order_by(ledger_events.c.seq)
+        text(f"SELECT * FROM {history_source(conn)} ORDER BY seq")
+        .columns(*ledger_events.c)
         .execution_options(stream_results=True, yield_per=batch_size)
     )
     result = conn.execute(query)

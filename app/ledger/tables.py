@@ -8,7 +8,7 @@ from app.db.metadata import PicoUSD, metadata
 ledger_events = Table(
     "ledger_events",
     metadata,
-    Column("seq", BigInteger, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),  # with recorded_at, the partition key
     Column("org", Text, nullable=False),
     Column("event_type", Text, nullable=False),
     Column("schema_version", Integer, nullable=False),
