@@ -12,8 +12,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import Response, StreamingResponse
 
-from app.api.deps import Db, Reader, read_org
+from app.api.deps import Db, Prices, Reader, read_org
 from app.money import format_usd
+from app.reports import insights as recommend
 from app.reports import service
 from app.reports.rollups import SUMS
 from app.reports.service import SpendQuery, SpendReport, SpendRow
@@ -203,3 +204,22 @@ def top(
     with engine.connect() as conn:
         report = service.top(conn, query, limit=limit)
     return _json(_report_json(report, {"by": by, "limit": limit}))
+
+
+@router.get("/insights", responses={**ERRORS, 200: {"content": {"application/json": {}}}})
+def insights(
+    caller: Reader,
+    engine: Db,
+    prices: Prices,
+    start: From = None,
+    end: To = None,
+    org: Name = None,
+) -> Response:
+    """Cache hit rate per model, spend share of the dearest models, and what the same tokens
+    would have cost on a cheaper model of the same family, with the arithmetic."""
+    window = _window(start, end)
+    with engine.connect() as conn:
+        found = recommend.insights(
+            conn, prices, org=read_org(caller, org), start=window[0], end=window[1]
+        )
+    return _json(found)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from app.config import Settings
 from app.main import create_app
 from app.reports import rollups
 
+PRICES = Path(__file__).parents[2] / "app" / "pricing" / "data" / "model_prices.json"
 HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 WINDOW = {
     "from": (HOUR - timedelta(days=1)).isoformat(),
@@ -231,3 +234,66 @@ def test_request_story_of_a_reservation(api: TestClient, engine: Engine) -> None
     assert story["reserved_usd"] == "0.5"
     assert [e["type"] for e in story["timeline"]] == ["reserved", "committed", "usage_recorded"]
     assert story["messages"][0]["prompt_tokens"] == 10
+
+
+def _price(model: str, field: str) -> Decimal:
+    table = json.loads(PRICES.read_text(), parse_float=Decimal)
+    return Decimal(table[model][field])
+
+
+def test_insights_show_cache_rates_shares_and_cheaper_siblings_with_the_arithmetic(
+    api: TestClient, engine: Engine
+) -> None:
+    gateway = _key(engine, "gateway", "acme")
+    for index in range(3):
+        response = api.post(
+            "/v1/usage",
+            json={
+                "org": "acme",
+                "request_id": f"i{index}",
+                "subjects": [{"type": "user", "id": "ann"}],
+                "messages": [
+                    {
+                        "model": "gpt-4o",
+                        "usage": {
+                            "prompt_tokens": 100_000,
+                            "completion_tokens": 2_000,
+                            "prompt_tokens_details": {"cached_tokens": 1_000},
+                        },
+                    }
+                ],
+            },
+            headers=gateway,
+        )
+        assert response.status_code in (200, 201), response.text
+    found = api.get(
+        "/v1/reports/insights", params=WINDOW, headers=_key(engine, "reader", "acme")
+    ).json()
+    assert found["cache"] == [
+        {
+            "model": "gpt-4o",
+            "provider": "openai",
+            "prompt_tokens": 300_000,
+            "cache_read_tokens": 3_000,
+            "cache_write_tokens": 0,
+            "hit_rate": "0.0100",
+        }
+    ]
+    assert found["spend_share"][0]["share_percent"] == "100.00"
+    assert any("cache reads" in text for text in found["recommendations"])
+    mini = next(c for c in found["cheaper_models"] if c["candidate"] == "gpt-4o-mini")
+    expected = (
+        297_000 * _price("gpt-4o-mini", "input_cost_per_token")
+        + 3_000 * _price("gpt-4o-mini", "cache_read_input_token_cost")
+        + 6_000 * _price("gpt-4o-mini", "output_cost_per_token")
+    )
+    assert Decimal(mini["candidate_cost_usd"]) == expected
+    listed = (
+        297_000 * _price("gpt-4o", "input_cost_per_token")
+        + 3_000 * _price("gpt-4o", "cache_read_input_token_cost")
+        + 6_000 * _price("gpt-4o", "output_cost_per_token")
+    )
+    assert Decimal(mini["list_cost_usd"]) == listed == Decimal(mini["ledger_cost_usd"])
+    assert Decimal(mini["saving_usd"]) == listed - expected
+    assert mini["arithmetic"]["gpt-4o-mini"][0] == "297,000 input tokens x $0.00000015 = $0.04455"
+    assert {c["provider"] for c in found["cheaper_models"]} == {"openai"}
