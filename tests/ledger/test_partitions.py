@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +17,7 @@ from app.db.engine import normalise_url
 from app.ledger import partitions
 from app.reports import rollups
 from app.reports.service import SpendQuery, spend
-from tests.factories import USD, make_budget
+from tests.factories import USD, make_budget, wait_until_settled
 
 TEAM = Subject("team", "archive")
 JANUARY = datetime(2026, 1, 15, 12, tzinfo=UTC)
@@ -90,17 +89,8 @@ def _january_usage(engine: Engine, owner: Engine) -> None:
 
 
 def _fold_everything(engine: Engine) -> None:
-    """Fold until the watermark passes the newest event (other sessions of the cluster may
-    hold the settled horizon back for a moment)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        rollups.fold_all(engine)
-        with engine.connect() as conn:
-            newest = conn.execute(text("SELECT coalesce(max(seq), -1) FROM ledger_events"))
-            if rollups.watermark(conn) > newest.scalar_one():
-                return
-        time.sleep(0.05)
-    raise AssertionError("the rollups did not catch up")
+    wait_until_settled(engine)
+    rollups.fold_all(engine)
 
 
 def test_archiving_old_months_keeps_reports_replay_and_the_hot_path(
@@ -161,12 +151,13 @@ def test_archiving_old_months_keeps_reports_replay_and_the_hot_path(
 def test_rollup_verification_catches_a_tampered_rollup(engine: Engine, owner: Engine) -> None:
     with engine.begin() as conn:
         holds.record_usage(conn, org="acme", request_id="r", subjects=[TEAM], cost_pico_usd=3 * USD)
-    rollups.fold_all(engine)
+    _fold_everything(engine)
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
         assert rollups.verify(conn) == []
         conn.rollback()
     with owner.begin() as conn:
-        conn.execute(text("UPDATE rollup_daily SET cost_pico_usd = cost_pico_usd + 1"))
+        changed = conn.execute(text("UPDATE rollup_daily SET cost_pico_usd = cost_pico_usd + 1"))
+        assert changed.rowcount == 2
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
         differences = rollups.verify(conn)
         conn.rollback()

@@ -20,6 +20,7 @@ from app.auth import service as auth
 from app.config import Settings
 from app.main import create_app
 from app.reports import rollups
+from tests.factories import wait_until_settled
 
 PRICES = Path(__file__).parents[2] / "app" / "pricing" / "data" / "model_prices.json"
 HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -82,6 +83,7 @@ def test_spend_report_json_is_exact_and_confined(
     params = {**WINDOW, "group_by": "model,provider", "granularity": "all"}
     first = api.get("/v1/reports/spend", params=params, headers=usage["acme"])
     assert first.status_code == 200, first.text
+    wait_until_settled(engine)
     rollups.fold_all(engine)
     report = api.get("/v1/reports/spend", params=params, headers=usage["acme"]).json()
     assert report["rows"] == first.json()["rows"]

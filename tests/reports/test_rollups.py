@@ -21,6 +21,7 @@ from app.errors import InvalidInput
 from app.ledger.records import UsageRecord
 from app.reports import rollups
 from app.reports.service import SpendQuery, spend, subject_spend, top
+from tests.factories import wait_until_settled
 
 START = datetime(2026, 10, 30, 0, tzinfo=UTC)
 MODELS = [("gpt-4o", "openai"), ("claude-sonnet-4", "anthropic"), ("gemini-2.5-pro", "gemini")]
@@ -180,6 +181,7 @@ def test_reports_are_exact_before_during_and_after_folding(
     with engine.connect() as conn:
         assert rollups.watermark(conn) == 0
     _check_all(engine, usage)  # everything comes from the events
+    wait_until_settled(engine)
     with engine.begin() as conn:
         folded = rollups.fold(conn, batch=100)
     assert folded is not None and folded.events == 100
@@ -195,6 +197,7 @@ def test_reports_are_exact_before_during_and_after_folding(
 
 
 def test_top_spenders_and_subject_spend(engine: Engine, usage: list[Recorded]) -> None:
+    wait_until_settled(engine)
     rollups.fold_all(engine)
     end = START + timedelta(days=5)
     with engine.connect() as conn:
@@ -304,6 +307,7 @@ def test_the_folder_never_misses_nor_double_counts_under_concurrent_writers(
     for thread in folders:
         thread.join()
     assert not errors
+    wait_until_settled(engine)
     rollups.fold_all(engine)
     with engine.connect() as conn:
         assert (
