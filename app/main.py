@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from app.alerts import router as alerts_router
+from app.alerts.delivery import DeliveryWorker
 from app.api import health, problems
 from app.budgets import router as budgets_router
 from app.budgets.sweeper import Sweeper
@@ -17,6 +19,7 @@ from app.ledger import router as ledger_router
 from app.overrides import router as overrides_router
 from app.overrides.service import PriceBook
 from app.pricing.sources import load_table
+from app.reconcile import router as reconcile_router
 from app.reports import router as reports_router
 from app.reports.rollups import Folder
 
@@ -28,13 +31,14 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sweeper = Sweeper(engine, settings.expiry_sweep_seconds) if sweep else None
         folder = Folder(engine, settings.rollup_fold_seconds) if sweep else None
-        for worker in (sweeper, folder):
+        deliverer = DeliveryWorker(engine) if sweep else None
+        for worker in (sweeper, folder, deliverer):
             if worker is not None:
                 worker.start()
         try:
             yield
         finally:
-            for worker in (sweeper, folder):
+            for worker in (sweeper, folder, deliverer):
                 if worker is not None:
                     worker.stop()
 
@@ -51,8 +55,10 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
     problems.install(app)
     app.include_router(health.router)
     app.include_router(budgets_router.router)
+    app.include_router(alerts_router.router)
     app.include_router(gateway_router.router)
     app.include_router(overrides_router.router)
     app.include_router(reports_router.router)
+    app.include_router(reconcile_router.router)
     app.include_router(ledger_router.router)
     return app

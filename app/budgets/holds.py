@@ -14,6 +14,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection
 
+from app.alerts import service as alerts
 from app.budgets import queries
 from app.budgets.errors import BudgetExceeded, ReservationNotFound, ReservationSettled
 from app.budgets.model import (
@@ -485,6 +486,18 @@ def commit_reservation(
             ),
         ],
     )
+    # After the charge's own events, so the stream shows the cause before the alert.
+    alerts.raise_for_charge(
+        conn,
+        org=org,
+        budgets=by_id.values(),
+        holds=live_holds,
+        after=after,
+        charged_pico_usd=cost_pico_usd,
+        now=now,
+        request_id=row.request_id,
+        reservation_id=reservation_id,
+    )
     settlement = Settlement(
         org=org,
         request_id=row.request_id,
@@ -686,6 +699,16 @@ def record_usage(
                 occurred_at=now,
             ),
         ],
+    )
+    alerts.raise_for_charge(
+        conn,
+        org=org,
+        budgets=locked,
+        holds=holds,
+        after=after,
+        charged_pico_usd=cost_pico_usd,
+        now=now,
+        request_id=request_id,
     )
     settlement = Settlement(
         org=org,

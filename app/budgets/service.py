@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection, insert, update
 
+from app.alerts import service as alerts
 from app.budgets import queries
 from app.budgets.errors import BudgetNotFound
-from app.budgets.model import Budget, BudgetStatus, Hold, Subject
+from app.budgets.model import Budget, BudgetStatus, Hold, Subject, alert_level
 from app.budgets.periods import PERIODS, period_bounds, zone
 from app.budgets.tables import budgets
 from app.errors import InvalidInput
 from app.ledger import events, idempotency
 from app.ledger import service as ledger
 from app.money import format_usd
+from app.reports import service as reports
 
 MODES = ("hard", "soft")
 DEFAULT_THRESHOLDS = ("0.8", "0.95", "1.0")
@@ -212,7 +216,21 @@ def change_budget(
         amount_pico_usd=changes.get("limit_pico_usd"),  # type: ignore[arg-type]
         payload={"changes": changes, "version": old.version + 1},
     )
-    return queries.to_budget(changed)
+    budget = queries.to_budget(changed)
+    if "limit_pico_usd" in changes or "alert_thresholds" in changes:
+        # A lower limit or threshold can put the current period at a higher level with no
+        # charge at all; raise it now rather than at the next charge (docs/alerts.md).
+        status = status_of(conn, budget, at=now)
+        alerts.raise_for_change(
+            conn,
+            before=old,
+            after=budget,
+            hold=Hold(budget.budget_id, status.period_start, status.period_end),
+            spent_pico_usd=status.spent_pico_usd,
+            held_pico_usd=status.held_pico_usd,
+            now=now,
+        )
+    return budget
 
 
 def get_budget(conn: Connection, *, budget_id: UUID, org: str | None) -> Budget:
@@ -275,3 +293,123 @@ def describe(status: BudgetStatus) -> dict[str, object]:
         "period_end": status.period_end.isoformat(),
         "version": budget.version,
     }
+
+
+FORECAST_WINDOW = timedelta(days=7)
+_MICROSECONDS_PER_HOUR = 3_600_000_000
+RUN_RATE = (
+    "run_rate: the subject's spend in the window (the last 7 days, or since the period start"
+    " if later, from a whole hour) divided by the window's length, times the time left until"
+    " the period end, added to what is spent; held amounts are not counted; amounts are"
+    " rounded down to the pico-USD"
+)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Projected spend at the period end from the recent spend rate (docs/alerts.md)."""
+
+    method: str
+    description: str
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    window_spent_pico_usd: int | None = None
+    rate_pico_usd_per_hour: int | None = None
+    projected_at: datetime | None = None
+    projected_spent_pico_usd: int | None = None
+    projected_alert_level: str | None = None
+    exceeds_limit: bool | None = None
+    limit_reached_at: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        def moment(value: datetime | None) -> str | None:
+            return value.isoformat() if value is not None else None
+
+        def usd(value: int | None) -> str | None:
+            return format_usd(value) if value is not None else None
+
+        return {
+            "method": self.method,
+            "description": self.description,
+            "window_start": moment(self.window_start),
+            "window_end": moment(self.window_end),
+            "window_spent_usd": usd(self.window_spent_pico_usd),
+            "rate_usd_per_hour": usd(self.rate_pico_usd_per_hour),
+            "projected_at": moment(self.projected_at),
+            "projected_spent_usd": usd(self.projected_spent_pico_usd),
+            "projected_alert_level": self.projected_alert_level,
+            "exceeds_limit": self.exceeds_limit,
+            "limit_reached_at": moment(self.limit_reached_at),
+        }
+
+
+def _next_whole_hour(moment: datetime) -> datetime:
+    floored = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return floored if floored == moment else floored + timedelta(hours=1)
+
+
+def forecast(conn: Connection, status: BudgetStatus, *, at: datetime) -> Forecast:
+    """Spend at the period end if the subject keeps spending at its recent rate.
+
+    Exact integer arithmetic on microseconds and pico-USD; divisions round down, except the
+    moment the limit is reached, which rounds up (never earlier than the rate says).
+    """
+    budget = status.budget
+    if budget.period == "total":
+        return Forecast("none", "a total budget has no period end, so no period-end forecast")
+    # Reports count spend by whole hours (rollups are hourly), so the window starts on one;
+    # rounding up keeps it inside the period in zones that are not whole hours from UTC.
+    # Empty (rate 0) in the first partial hour of a period that does not start on one.
+    window_start = min(_next_whole_hour(max(status.period_start, at - FORECAST_WINDOW)), at)
+    elapsed_us = (at - window_start) // timedelta(microseconds=1)
+    remaining_us = (status.period_end - at) // timedelta(microseconds=1)
+    window_spent, extra, rate = 0, 0, 0
+    if elapsed_us > 0:
+        window_spent = reports.subject_spend(
+            conn,
+            org=budget.org,
+            subject_type=budget.subject.type,
+            subject_id=budget.subject.id,
+            start=window_start,
+            end=at,
+        )
+        extra = window_spent * remaining_us // elapsed_us
+        rate = window_spent * _MICROSECONDS_PER_HOUR // elapsed_us
+    projected = status.spent_pico_usd + extra
+    limit = budget.limit_pico_usd
+    reached_at = None
+    if status.spent_pico_usd < limit <= projected and window_spent > 0:
+        needed_us = -(-(limit - status.spent_pico_usd) * elapsed_us // window_spent)
+        reached_at = at + timedelta(microseconds=needed_us)
+    return Forecast(
+        method="run_rate",
+        description=RUN_RATE,
+        window_start=window_start,
+        window_end=at,
+        window_spent_pico_usd=window_spent,
+        rate_pico_usd_per_hour=rate,
+        projected_at=status.period_end,
+        projected_spent_pico_usd=projected,
+        projected_alert_level=alert_level(projected, limit, budget.alert_thresholds),
+        exceeds_limit=projected > limit,
+        limit_reached_at=reached_at,
+    )
+
+
+def describe_status(conn: Connection, status: BudgetStatus, *, at: datetime) -> dict[str, object]:
+    """``describe`` plus the period-end forecast, as of ``at``."""
+    return {
+        **describe(status),
+        "forecast": forecast(conn, status, at=at).as_json(),
+        "as_of": at.isoformat(),
+    }
+
+
+def alerts_raised(conn: Connection, status: BudgetStatus) -> list[dict[str, Any]]:
+    """The alert levels raised so far in the status's period."""
+    return alerts.alerts_in_period(
+        conn,
+        org=status.budget.org,
+        budget_id=status.budget.budget_id,
+        period_start=status.period_start,
+    )

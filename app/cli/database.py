@@ -7,6 +7,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.alerts.replay import verify_alerts
 from app.budgets import replay, sweeper
 from app.cli.common import open_database
 from app.config import Settings, add_database_arguments
@@ -43,6 +44,7 @@ def _replay(ns: argparse.Namespace) -> int:
 
         report = replay.verify(conn, progress if sys.stderr.isatty() else None)
         report.differences += rollups.verify(conn)
+        report.differences += verify_alerts(conn)
         conn.rollback()
     print(f"replayed {report.events} events")
     for difference in report.differences:

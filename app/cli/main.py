@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "app.cli.quote",
     "app.cli.prices",
     "app.cli.keys",
+    "app.cli.reconcile",
 )
 
 

@@ -22,6 +22,7 @@ CANCELLED = "cancelled"
 EXPIRED = "expired"
 USAGE_RECORDED = "usage_recorded"
 PRICE_OVERRIDDEN = "price_overridden"
+ALERT_RAISED = "alert_raised"
 
 CURRENT_VERSIONS: dict[str, int] = {
     BUDGET_DEFINED: 1,
@@ -33,6 +34,7 @@ CURRENT_VERSIONS: dict[str, int] = {
     EXPIRED: 1,
     USAGE_RECORDED: 2,
     PRICE_OVERRIDDEN: 1,
+    ALERT_RAISED: 1,
 }
 
 Payload = dict[str, Any]
