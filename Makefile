@@ -18,6 +18,7 @@ serve: $(STAMP)
 	$(BIN)/usage-ledger serve $(ARGS)
 
 test: $(STAMP)
+	sh scripts/ensure-chromium
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -14,6 +14,7 @@ from app.api import health, problems
 from app.budgets import router as budgets_router
 from app.budgets.sweeper import Sweeper
 from app.config import Settings
+from app.dashboard import router as dashboard_router
 from app.gateway import router as gateway_router
 from app.ledger import router as ledger_router
 from app.overrides import router as overrides_router
@@ -61,4 +62,5 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
     app.include_router(reports_router.router)
     app.include_router(reconcile_router.router)
     app.include_router(ledger_router.router)
+    app.include_router(dashboard_router.router)
     return app

@@ -1,15 +1,16 @@
 """Rebuild the budget projections from the event stream and compare them with the live ones.
 
-The fold streams the events (server-side cursor), so memory grows with budgets, periods and
-reservations, not with the number of events. The rebuilt rows go into temporary scratch tables
-and are compared with the live tables in SQL, in both directions.
+Budget periods and reservations are rebuilt by PostgreSQL from the events, chunk by chunk of
+seq (a progress report per chunk): per-chunk partial rows go to temporary tables, which spill
+to disk, and are combined at the end, so memory stays bounded however long the log is and the
+work runs at PostgreSQL's speed rather than a Python loop's. Budgets, a handful of events,
+are folded in Python. The rebuilt rows are compared with the live tables in SQL, both ways.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -18,6 +19,7 @@ from sqlalchemy import Connection, text
 from app.ledger import events
 from app.ledger import service as ledger
 from app.ledger.events import Event
+from app.ledger.partitions import history_source
 
 
 @dataclass
@@ -38,30 +40,17 @@ class ReplayReport:
 
 
 @dataclass
-class _Fold:
+class _Budgets:
     budgets: dict[UUID, dict[str, Any]] = field(default_factory=dict)
-    periods: dict[tuple[str, UUID, datetime], list[Any]] = field(default_factory=dict)
-    reservations: dict[UUID, dict[str, Any]] = field(default_factory=dict)
-
-    def apply_deltas(self, event: Event) -> None:
-        for delta in event.payload.get("deltas", ()):
-            key = (
-                event.org,
-                UUID(delta["budget_id"]),
-                datetime.fromisoformat(delta["period_start"]),
-            )
-            row = self.periods.setdefault(key, [datetime.fromisoformat(delta["period_end"]), 0, 0])
-            row[1] += delta["spent_pico_usd"]
-            row[2] += delta["held_pico_usd"]
 
     def apply(self, event: Event) -> None:
-        handler = _HANDLERS.get(event.event_type)
-        if handler is not None:
-            handler(self, event)
-        self.apply_deltas(event)
+        if event.event_type == events.BUDGET_DEFINED:
+            _budget_defined(self, event)
+        elif event.event_type == events.BUDGET_CHANGED:
+            _budget_changed(self, event)
 
 
-def _budget_defined(fold: _Fold, event: Event) -> None:
+def _budget_defined(fold: _Budgets, event: Event) -> None:
     p = event.payload
     assert event.budget_id is not None
     fold.budgets[event.budget_id] = {
@@ -80,7 +69,7 @@ def _budget_defined(fold: _Fold, event: Event) -> None:
     }
 
 
-def _budget_changed(fold: _Fold, event: Event) -> None:
+def _budget_changed(fold: _Budgets, event: Event) -> None:
     assert event.budget_id is not None
     budget = fold.budgets[event.budget_id]
     if event.payload["version"] <= budget["version"]:
@@ -89,85 +78,6 @@ def _budget_changed(fold: _Fold, event: Event) -> None:
     budget["version"] = event.payload["version"]
     budget["updated_at"] = event.occurred_at
 
-
-def _newer(fold: _Fold, event: Event) -> dict[str, Any] | None:
-    """The reservation, when this event is newer than what was folded into it.
-
-    Seq follows transaction ids, which a writer may take before it waits for the
-    reservation's row lock; the version, bumped under that lock, is the causal order of the
-    reservation's own events (docs/ledger.md, "Reading the stream").
-    """
-    assert event.reservation_id is not None
-    reservation = fold.reservations[event.reservation_id]
-    version = event.payload.get("version")
-    if version is None:
-        return reservation
-    if version <= reservation["version"]:
-        return None
-    reservation["version"] = version
-    return reservation
-
-
-def _reserved(fold: _Fold, event: Event) -> None:
-    assert event.reservation_id is not None
-    fold.reservations.setdefault(event.reservation_id, {"version": 0})
-    reservation = _newer(fold, event)
-    if reservation is None:
-        return
-    reservation.update(
-        org=event.org,
-        reservation_id=event.reservation_id,
-        request_id=event.request_id,
-        state="held",
-        amount_pico_usd=event.amount_pico_usd,
-        cost_pico_usd=None,
-        expires_at=datetime.fromisoformat(event.payload["expires_at"]),
-        settled_at=None,
-        overrun=False,
-        late=False,
-        version=event.payload.get("version", 1),
-    )
-
-
-def _extended(fold: _Fold, event: Event) -> None:
-    reservation = _newer(fold, event)
-    if reservation is not None:
-        reservation["amount_pico_usd"] = event.amount_pico_usd
-        reservation["expires_at"] = datetime.fromisoformat(event.payload["expires_at"])
-
-
-def _committed(fold: _Fold, event: Event) -> None:
-    if event.reservation_id is None:
-        return  # usage charged without a reservation: only the deltas change projections
-    reservation = _newer(fold, event)
-    if reservation is not None:
-        reservation.update(
-            state="committed",
-            cost_pico_usd=event.amount_pico_usd,
-            settled_at=event.occurred_at,
-            overrun=event.payload["overrun"],
-            late=event.payload["late"],
-        )
-
-
-def _settled(state: str) -> Callable[[_Fold, Event], None]:
-    def handler(fold: _Fold, event: Event) -> None:
-        reservation = _newer(fold, event)
-        if reservation is not None:
-            reservation.update(state=state, settled_at=event.occurred_at)
-
-    return handler
-
-
-_HANDLERS: dict[str, Callable[[_Fold, Event], None]] = {
-    events.BUDGET_DEFINED: _budget_defined,
-    events.BUDGET_CHANGED: _budget_changed,
-    events.RESERVED: _reserved,
-    events.EXTENDED: _extended,
-    events.COMMITTED: _committed,
-    events.CANCELLED: _settled("cancelled"),
-    events.EXPIRED: _settled("expired"),
-}
 
 _BUDGET_COLUMNS = (
     "org",
@@ -236,44 +146,128 @@ def _compare(conn: Connection, table: str, columns: tuple[str, ...]) -> list[Dif
     return found
 
 
-def fold_events(
-    conn: Connection, progress: Callable[[int], None] | None = None
-) -> tuple[_Fold, int]:
-    fold = _Fold()
-    count = 0
-    for event in ledger.stream_events(conn):
-        fold.apply(event)
-        count += 1
-        if progress is not None and count % 100_000 == 0:
-            progress(count)
-    return fold, count
+# A reservation's events in causal order: by the version each carries (bumped under the
+# reservation's row lock; seq may invert it, docs/ledger.md), then seq for events without one.
+_ORDER = "coalesce((payload->>'version')::numeric, 0) * 9223372036854775808 + seq"
+_HOLDING = "event_type IN ('reserved', 'extended')"
+_SETTLING = "event_type IN ('committed', 'cancelled', 'expired')"
+
+_PERIOD_PARTS = """
+INSERT INTO replay_period_parts
+SELECT e.org, (d->>'budget_id')::uuid, (d->>'period_start')::timestamptz, min(e.seq),
+       (array_agg((d->>'period_end')::timestamptz ORDER BY e.seq))[1],
+       sum((d->>'spent_pico_usd')::numeric), sum((d->>'held_pico_usd')::numeric)
+FROM {source} e CROSS JOIN LATERAL jsonb_array_elements(e.payload->'deltas') d
+WHERE e.seq >= :lo AND e.seq < :hi AND jsonb_typeof(e.payload->'deltas') = 'array'
+GROUP BY 1, 2, 3
+"""
+
+_RESERVATION_PARTS = f"""
+INSERT INTO replay_reservation_parts
+SELECT org, reservation_id,
+       max(k), (array_agg(event_type ORDER BY k DESC))[1],
+       max(k) FILTER (WHERE {_HOLDING}),
+       (array_agg(amount_pico_usd ORDER BY k DESC) FILTER (WHERE {_HOLDING}))[1],
+       (array_agg((payload->>'expires_at')::timestamptz ORDER BY k DESC)
+            FILTER (WHERE {_HOLDING}))[1],
+       max(request_id) FILTER (WHERE event_type = 'reserved'),
+       max(amount_pico_usd) FILTER (WHERE event_type = 'committed'),
+       bool_or((payload->>'overrun')::boolean) FILTER (WHERE event_type = 'committed'),
+       bool_or((payload->>'late')::boolean) FILTER (WHERE event_type = 'committed'),
+       max(k) FILTER (WHERE {_SETTLING}),
+       (array_agg(occurred_at ORDER BY k DESC) FILTER (WHERE {_SETTLING}))[1],
+       max((payload->>'version')::integer)
+FROM (
+    SELECT *, {_ORDER} AS k FROM {{source}}
+    WHERE seq >= :lo AND seq < :hi AND reservation_id IS NOT NULL
+      AND event_type IN ('reserved', 'extended', 'committed', 'cancelled', 'expired')
+) AS e
+GROUP BY org, reservation_id
+"""
+
+_PARTS_TABLES = """
+CREATE TEMP TABLE replay_period_parts (
+    org text, budget_id uuid, period_start timestamptz, first_seq bigint,
+    period_end timestamptz, spent numeric, held numeric
+) ON COMMIT DROP;
+CREATE TEMP TABLE replay_reservation_parts (
+    org text, reservation_id uuid, last_key numeric, last_type text,
+    hold_key numeric, amount numeric, expires_at timestamptz, request_id text,
+    cost numeric, overrun boolean, late boolean, settle_key numeric, settled_at timestamptz,
+    version integer
+) ON COMMIT DROP;
+"""
+
+_PERIODS = """
+INSERT INTO replay_budget_periods
+SELECT org, budget_id, period_start,
+       (array_agg(period_end ORDER BY first_seq))[1], sum(spent), sum(held)
+FROM replay_period_parts GROUP BY org, budget_id, period_start
+"""
+
+_RESERVATIONS = """
+INSERT INTO replay_reservations
+SELECT org, reservation_id, max(request_id),
+       CASE (array_agg(last_type ORDER BY last_key DESC))[1]
+           WHEN 'reserved' THEN 'held' WHEN 'extended' THEN 'held'
+           ELSE (array_agg(last_type ORDER BY last_key DESC))[1] END,
+       (array_agg(amount ORDER BY hold_key DESC NULLS LAST))[1],
+       max(cost),
+       (array_agg(expires_at ORDER BY hold_key DESC NULLS LAST))[1],
+       (array_agg(settled_at ORDER BY settle_key DESC NULLS LAST))[1],
+       coalesce(bool_or(overrun), false), coalesce(bool_or(late), false),
+       coalesce(max(version), 1)
+FROM replay_reservation_parts GROUP BY org, reservation_id
+"""
+
+CHUNK_EVENTS = 500_000
+
+
+def _chunks(conn: Connection, source: str) -> tuple[int, list[tuple[int, int]]]:
+    """The event count and seq ranges of about CHUNK_EVENTS events each (seqs are not dense,
+    so the ranges are equal in seq, which is good enough for progress)."""
+    row = conn.execute(text(f"SELECT count(*), min(seq), max(seq) FROM {source}")).one()
+    count = int(row[0])
+    if not count:
+        return 0, []
+    low, high = int(row[1]), int(row[2]) + 1
+    pieces = max(1, -(-count // CHUNK_EVENTS))
+    step = -(-(high - low) // pieces)
+    return count, [(lo, min(lo + step, high)) for lo in range(low, high, step)]
 
 
 def verify(conn: Connection, progress: Callable[[int], None] | None = None) -> ReplayReport:
     """Rebuild budgets, budget periods and reservations from the events; list differences.
 
     Run it in a REPEATABLE READ transaction so the events and the live projections are read
-    from one snapshot.
+    from one snapshot. ``progress`` is called with the events replayed so far.
     """
-    fold, count = fold_events(conn, progress)
+    source = history_source(conn)
+    count, chunks = _chunks(conn, source)
+    for table in ("replay_period_parts", "replay_reservation_parts"):
+        conn.execute(text(f"DROP TABLE IF EXISTS pg_temp.{table}"))
+    for statement in _PARTS_TABLES.split(";"):
+        if statement.strip():
+            conn.execute(text(statement))
+    periods = text(_PERIOD_PARTS.format(source=source))
+    reservations = text(_RESERVATION_PARTS.format(source=source))
+    for index, (lo, hi) in enumerate(chunks, start=1):
+        conn.execute(periods, {"lo": lo, "hi": hi})
+        conn.execute(reservations, {"lo": lo, "hi": hi})
+        if progress is not None:
+            progress(count * index // len(chunks))
+
+    fold = _Budgets()
+    for event in ledger.stream_events(
+        conn, event_types=(events.BUDGET_DEFINED, events.BUDGET_CHANGED)
+    ):
+        fold.apply(event)
     _scratch(conn, "budgets", _BUDGET_COLUMNS, list(fold.budgets.values()))
-    _scratch(
-        conn,
-        "budget_periods",
-        _PERIOD_COLUMNS,
-        [
-            {
-                "org": org,
-                "budget_id": budget_id,
-                "period_start": start,
-                "period_end": row[0],
-                "spent_pico_usd": row[1],
-                "held_pico_usd": row[2],
-            }
-            for (org, budget_id, start), row in fold.periods.items()
-        ],
-    )
-    _scratch(conn, "reservations", _RESERVATION_COLUMNS, list(fold.reservations.values()))
+    _scratch(conn, "budget_periods", _PERIOD_COLUMNS, [])
+    conn.execute(text(_PERIODS))
+    _scratch(conn, "reservations", _RESERVATION_COLUMNS, [])
+    conn.execute(text(_RESERVATIONS))
+
     report = ReplayReport(events=count)
     report.differences += _compare(conn, "budgets", _BUDGET_COLUMNS)
     report.differences += _compare(conn, "budget_periods", _PERIOD_COLUMNS)

@@ -136,13 +136,19 @@ def read_events(
     return [_to_event(row) for row in conn.execute(query).mappings()]
 
 
-def stream_events(conn: Connection, *, batch_size: int = 5000) -> Iterator[Event]:
-    """Every event in seq order, archived months included, fetched in batches through a
-    server-side cursor."""
+def stream_events(
+    conn: Connection, *, batch_size: int = 5000, event_types: Sequence[str] = ()
+) -> Iterator[Event]:
+    """Every event (of ``event_types``, when given) in seq order, archived months included,
+    fetched in batches through a server-side cursor."""
     from app.ledger.partitions import history_source
 
+    where = ""
+    if event_types:
+        known = [t for t in event_types if t in CURRENT_VERSIONS]
+        where = "WHERE event_type IN (" + ", ".join(f"'{t}'" for t in known) + ")"
     query = (
-        text(f"SELECT * FROM {history_source(conn)} ORDER BY seq")
+        text(f"SELECT * FROM {history_source(conn)} {where} ORDER BY seq")
         .columns(*ledger_events.c)
         .execution_options(stream_results=True, yield_per=batch_size)
     )

@@ -131,7 +131,7 @@ def test_paging_never_misses_a_late_commit(engine: Engine) -> None:
 
     def read() -> None:
         after = 0
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
             finished = done.is_set() and len(seen) >= writers * per_writer
             with engine.connect() as conn:
@@ -154,7 +154,7 @@ def test_paging_never_misses_a_late_commit(engine: Engine) -> None:
     for thread in threads:
         thread.join()
     done.set()
-    reader.join(timeout=30)
+    reader.join(timeout=180)
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT seq FROM ledger_events ORDER BY seq")).scalars().all()
     assert len(stored) == writers * per_writer
