@@ -2,19 +2,26 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+STAMP  := $(VENV)/.installed-dev
+RUNTIME := $(VENV)/.installed-runtime
 
 .PHONY: install serve test check lint typecheck bench-pricing clean
 
-$(STAMP): pyproject.toml
+# serve needs the service alone; tests and checks add the dev extra (pytest, playwright, the
+# real litellm proxy for the plug-in's tests, ...).
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-serve: $(STAMP)
+serve: $(RUNTIME)
 	$(BIN)/usage-ledger serve $(ARGS)
 
 test: $(STAMP)
@@ -22,8 +29,8 @@ test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check app tests bench usage_ledger
+	$(BIN)/ruff format --check app tests bench usage_ledger
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
