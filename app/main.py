@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from app.alerts import router as alerts_router
 from app.alerts.delivery import DeliveryWorker
 from app.api import health, problems
+from app.audit.checkpointer import Checkpointer
 from app.budgets import router as budgets_router
 from app.budgets.sweeper import Sweeper
 from app.config import Settings
@@ -33,13 +34,14 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
         sweeper = Sweeper(engine, settings.expiry_sweep_seconds) if sweep else None
         folder = Folder(engine, settings.rollup_fold_seconds) if sweep else None
         deliverer = DeliveryWorker(engine) if sweep else None
-        for worker in (sweeper, folder, deliverer):
+        checkpointer = Checkpointer(engine) if sweep else None
+        for worker in (sweeper, folder, deliverer, checkpointer):
             if worker is not None:
                 worker.start()
         try:
             yield
         finally:
-            for worker in (sweeper, folder, deliverer):
+            for worker in (sweeper, folder, deliverer, checkpointer):
                 if worker is not None:
                     worker.stop()
 

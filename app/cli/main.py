@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "app.cli.prices",
     "app.cli.keys",
     "app.cli.reconcile",
+    "app.cli.audit",
 )
 
 

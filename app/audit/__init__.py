@@ -1,0 +1,1 @@
+"""Tamper evidence for the event log: a hash chain of checkpoints and its verification."""
