@@ -157,7 +157,7 @@ INSERT INTO replay_period_parts
 SELECT e.org, (d->>'budget_id')::uuid, (d->>'period_start')::timestamptz, min(e.seq),
        (array_agg((d->>'period_end')::timestamptz ORDER BY e.seq))[1],
        sum((d->>'spent_pico_usd')::numeric), sum((d->>'held_pico_usd')::numeric)
-FROM {source} e CROSS JOIN LATERAL jsonb_array_elements(e.payload->'deltas') d
+FROM (SELECT * FROM {source}) AS e CROSS JOIN LATERAL jsonb_array_elements(e.payload->'deltas') d
 WHERE e.seq >= :lo AND e.seq < :hi AND jsonb_typeof(e.payload->'deltas') = 'array'
 GROUP BY 1, 2, 3
 """

@@ -49,27 +49,35 @@ SUMS = (
 )
 TABLES = {"rollup_hourly": "hour", "rollup_daily": "day"}
 
-_UPSERT = """
-INSERT INTO {table} (org, bucket, {dimensions}, {sums})
-SELECT org, date_trunc('{unit}', occurred_at, 'UTC'), {dimensions}, {summed}
-FROM usage_facts_between(:lo, :hi)
-GROUP BY org, date_trunc('{unit}', occurred_at, 'UTC'), {dimensions}
-ON CONFLICT ON CONSTRAINT pk_{table} DO UPDATE SET {added}
+
+def _fold_statement() -> str:
+    """Both rollups from one pass over the batch's facts: the hourly sums are computed once
+    (a CTE read twice is materialised once) and the daily ones are sums of them."""
+    dimensions = ", ".join(DIMENSIONS)
+    summed = ", ".join(f"sum({s}) AS {s}" for s in SUMS)
+
+    def added(table: str) -> str:
+        return ", ".join(f"{s} = {table}.{s} + excluded.{s}" for s in SUMS)
+
+    return f"""
+WITH hourly AS (
+    SELECT org, date_trunc('hour', occurred_at, 'UTC') AS bucket, {dimensions}, {summed}
+    FROM usage_facts_between(:lo, :hi)
+    GROUP BY org, date_trunc('hour', occurred_at, 'UTC'), {dimensions}
+), into_hourly AS (
+    INSERT INTO rollup_hourly (org, bucket, {dimensions}, {", ".join(SUMS)})
+    SELECT org, bucket, {dimensions}, {", ".join(SUMS)} FROM hourly
+    ON CONFLICT ON CONSTRAINT pk_rollup_hourly DO UPDATE SET {added("rollup_hourly")}
+)
+INSERT INTO rollup_daily (org, bucket, {dimensions}, {", ".join(SUMS)})
+SELECT org, date_trunc('day', bucket, 'UTC'), {dimensions}, {summed}
+FROM hourly
+GROUP BY org, date_trunc('day', bucket, 'UTC'), {dimensions}
+ON CONFLICT ON CONSTRAINT pk_rollup_daily DO UPDATE SET {added("rollup_daily")}
 """
 
 
-def _upsert(table: str, unit: str) -> str:
-    return _UPSERT.format(
-        table=table,
-        unit=unit,
-        dimensions=", ".join(DIMENSIONS),
-        sums=", ".join(SUMS),
-        summed=", ".join(f"sum({s})" for s in SUMS),
-        added=", ".join(f"{s} = {table}.{s} + excluded.{s}" for s in SUMS),
-    )
-
-
-_UPSERTS = [text(_upsert(table, unit)) for table, unit in TABLES.items()]
+_FOLD = text(_fold_statement())
 
 
 @dataclass(frozen=True)
@@ -117,8 +125,7 @@ def fold(conn: Connection, *, batch: int = 50_000) -> Folded | None:
             {"lo": low, "hi": high},
         ).scalar_one()
     )
-    for upsert in _UPSERTS:
-        conn.execute(upsert, {"lo": low, "hi": high})
+    conn.execute(_FOLD, {"lo": low, "hi": high})
     conn.execute(
         text(
             "UPDATE rollup_watermark SET folded_below = :hi, folded_at = now(),"
