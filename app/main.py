@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from app.alerts import router as alerts_router
 from app.alerts.delivery import DeliveryWorker
-from app.api import health, problems
+from app.api import health, limits, problems
 from app.audit.checkpointer import Checkpointer
 from app.budgets import router as budgets_router
 from app.budgets.sweeper import Sweeper
@@ -56,6 +56,7 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
     base = load_table(prices_path=settings.prices_path, prices_url=settings.prices_url)
     app.state.prices = PriceBook(base, engine)
     problems.install(app)
+    limits.install(app)
     app.include_router(health.router)
     app.include_router(budgets_router.router)
     app.include_router(alerts_router.router)

@@ -25,7 +25,8 @@ def parse_usd(text: str, *, allow_negative: bool = False) -> int:
     """
     if not isinstance(text, str):
         raise InvalidAmount('must be a decimal string of USD, e.g. "12.50"')
-    match = _USD_PATTERN.match(text)
+    # fullmatch: with match, "$" would also accept a trailing newline ("1\n").
+    match = _USD_PATTERN.fullmatch(text)
     if match is None:
         raise InvalidAmount(
             'must be a plain decimal string of USD with at most 12 decimals, e.g. "12.50"'
@@ -33,10 +34,10 @@ def parse_usd(text: str, *, allow_negative: bool = False) -> int:
     whole = int(match["whole"])
     frac = (match["frac"] or "").ljust(12, "0")
     amount = whole * PICO_PER_USD + int(frac)
+    if match["sign"] and not allow_negative:
+        raise InvalidAmount("must not be negative")  # "-0" included: no sign where none may be
     if match["sign"]:
         amount = -amount
-    if amount < 0 and not allow_negative:
-        raise InvalidAmount("must not be negative")
     return amount
 
 

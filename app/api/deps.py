@@ -33,14 +33,25 @@ def principal(
 ) -> Principal:
     """The caller, from ``Authorization: Bearer <key>`` (or everyone with --insecure-no-auth)."""
     if request.app.state.settings.insecure_no_auth:
-        return INSECURE
-    if not authorization:
-        raise Unauthorized("an API key is required: Authorization: Bearer <key>")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("the Authorization header must be: Bearer <key>")
-    with engine(request).connect() as conn:
-        return auth.authenticate(conn, token.strip())
+        caller = INSECURE
+    else:
+        if not authorization:
+            raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("the Authorization header must be: Bearer <key>")
+        with engine(request).connect() as conn:
+            caller = auth.authenticate(conn, token.strip())
+    _refuse_unstorable_parameters(request)
+    return caller
+
+
+def _refuse_unstorable_parameters(request: Request) -> None:
+    """Refuse a query or path parameter holding a NUL (``%00``), which PostgreSQL cannot
+    compare: every route of the API depends on ``principal``, so this sees them all."""
+    for name, value in (*request.query_params.multi_items(), *request.path_params.items()):
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidInput(f"{name} must not contain a NUL character", field=name)
 
 
 def require(scope: str) -> Callable[[Principal], Principal]:

@@ -31,6 +31,13 @@ def _field_path(location: tuple[Any, ...]) -> str:
     return path or "body"
 
 
+def _error_field(error: Any) -> str:
+    # Malformed JSON is located by character offset, ("body", 12): its field is the body.
+    if error.get("type") == "json_invalid":
+        return "body"
+    return _field_path(tuple(error.get("loc", ("body",))))
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn exceptions into problem documents."""
 
@@ -42,7 +49,7 @@ def install(app: FastAPI) -> None:
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         errors = error.errors()
         first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
-        field = _field_path(tuple(first.get("loc", ("body",))))
+        field = _error_field(first)
         return problem_response(
             {
                 "type": PROBLEM_BASE + "invalid-input",
@@ -51,8 +58,7 @@ def install(app: FastAPI) -> None:
                 "detail": f"{field}: {first.get('msg', 'invalid')}",
                 "field": field,
                 "errors": [
-                    {"field": _field_path(tuple(e.get("loc", ()))), "message": str(e.get("msg"))}
-                    for e in errors
+                    {"field": _error_field(e), "message": str(e.get("msg"))} for e in errors
                 ],
                 "instance": request.url.path,
             }
@@ -74,6 +80,8 @@ def install(app: FastAPI) -> None:
                 "status": error.status_code,
                 "detail": str(error.detail),
                 "instance": request.url.path,
+                # FastAPI's own 400 is a body it could not parse (not UTF-8, nested too deep).
+                **({"field": "body"} if error.status_code == 400 else {}),
             },
             headers=getattr(error, "headers", None),
         )

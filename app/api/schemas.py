@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import json
+import math
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from app.money import InvalidAmount, parse_usd
 
@@ -26,14 +35,90 @@ def _usd(text: str) -> str:
 Usd = Annotated[
     str,
     AfterValidator(_usd),
-    Field(description="Exact decimal string of USD, at most 12 decimals", examples=["0.50"]),
+    Field(
+        description="Exact decimal string of USD, at most 12 decimals",
+        examples=["0.50"],
+        # Documents parse_usd's format in /openapi.json; parse_usd is what enforces it.
+        json_schema_extra={"pattern": r"^[0-9]{1,15}(\.[0-9]{1,12})?$"},
+    ),
 ]
 Fraction = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]?)(\.[0-9]{1,6})?$", examples=["0.8"])]
-Metadata = Annotated[dict[str, Any], Field(description="Free-form: endpoint, tags, ...")]
+MAX_METADATA_BYTES = 64 * 1024
+
+
+def _small(metadata: dict[str, Any]) -> dict[str, Any]:
+    # Metadata is copied onto every usage record of the request: keep it to tags and labels.
+    try:
+        size = len(json.dumps(metadata, ensure_ascii=False).encode())
+    except RecursionError:
+        raise ValueError("is nested too deeply") from None
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes of JSON")
+    return metadata
+
+
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(_small),
+    Field(description="Free-form: endpoint, tags, ... (at most 64 KiB of JSON)"),
+]
+
+
+def _storable_text(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # an unpaired surrogate, from a "\ud800" JSON escape
+        return False
+    return True
+
+
+MAX_JSON_DEPTH = 64
+"""Nesting allowed in free-form JSON (metadata, usage, a provider request): ample for tool
+schemas, and far below what serialising a body for its idempotency key can take (~250)."""
+
+
+def _unstorable(value: Any) -> str | None:
+    """What in ``value`` the ledger cannot store, or None: text with a NUL or an unpaired
+    surrogate (PostgreSQL refuses both), a NaN or infinite number (Python's JSON parser reads
+    NaN, Infinity and 1e400; JSON has none), or nesting deeper than MAX_JSON_DEPTH."""
+    pending: list[tuple[str, Any, int]] = [("", value, 0)]
+    while pending:
+        path, item, depth = pending.pop()
+        where = path.lstrip(".") or "the value"
+        if depth > MAX_JSON_DEPTH:
+            return f"nested more than {MAX_JSON_DEPTH} levels deep"
+        if isinstance(item, str) and not _storable_text(item):
+            return f"{where} holds a NUL character or an unpaired surrogate"
+        if isinstance(item, float) and not math.isfinite(item):  # money-safe: only refuses
+            return f"{where} is not a finite number"
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and not _storable_text(key):
+                    return f"a key of {where} holds a NUL character or an unpaired surrogate"
+                pending.append((f"{path}.{key}", child, depth + 1))
+        elif isinstance(item, list | tuple):
+            pending.extend((f"{path}[{i}]", child, depth + 1) for i, child in enumerate(item))
+    return None
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    unchecked_fields: ClassVar[frozenset[str]] = frozenset()
+    """Fields validated elsewhere, so left out of the storable-value check below."""
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any, info: ValidationInfo) -> Any:
+        # Refused here, by field, rather than failing in PostgreSQL or the serialiser (a 500).
+        if info.field_name in cls.unchecked_fields:
+            return value
+        problem = _unstorable(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 class SubjectIn(Strict):
@@ -173,3 +258,35 @@ class QuoteIn(Strict):
     usage: dict[str, Any] | None = None
     request: dict[str, Any] | None = None
     billing_time: str | None = Field(None, max_length=64)
+
+
+MAX_BATCH_RECORDS = 1000
+
+
+class UsageBatchIn(Strict):
+    # Each record is validated, and refused, on its own, as a UsageIn.
+    unchecked_fields = frozenset({"records"})
+
+    org: Identifier | None = Field(None, description="Implied by a tenant-confined key")
+    records: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_RECORDS,
+        description="1-1,000 bodies of POST /v1/usage without `org`, each validated, "
+        "idempotent and settled on its own",
+    )
+
+
+class UsageBatchResultOut(BaseModel):
+    index: int = Field(description="The record's position in `records`")
+    request_id: str | None
+    status: int = Field(description="201 charged (first time or replay), else the refusal's")
+    settlement: SettlementOut | None = Field(None, description="When charged (201)")
+    problem: dict[str, Any] | None = Field(
+        None, description="When refused: the RFC 9457 problem POST /v1/usage would return"
+    )
+
+
+class UsageBatchOut(BaseModel):
+    results: list[UsageBatchResultOut]
+    accepted: int
+    refused: int

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,8 @@ from app.errors import LedgerError, NotFound
 
 SCOPES = ("gateway", "reader", "admin")
 PREFIX = "ulk_"
+# ulk_<token_hex key id>_<token_urlsafe secret>: anything else (a NUL, say) is never looked up.
+_KEY = re.compile(r"ulk_[0-9a-f]+_[A-Za-z0-9_-]+")
 
 api_keys = Table(
     "api_keys",
@@ -110,7 +113,7 @@ def list_keys(conn: Connection) -> list[KeyInfo]:
 
 def authenticate(conn: Connection, token: str) -> Principal:
     """The principal of a bearer token; Unauthorized for a malformed, unknown or revoked key."""
-    if not token.startswith(PREFIX) or token.count("_") < 2:
+    if _KEY.fullmatch(token) is None:
         raise Unauthorized("malformed API key")
     key_id, _, secret = token[len(PREFIX) :].partition("_")
     row = conn.execute(select(api_keys).where(api_keys.c.key_id == key_id)).first()

@@ -28,7 +28,16 @@ from app.client.errors import (
     Unavailable,
     UnknownModel,
 )
-from app.client.models import Budget, BudgetRemaining, Quote, Reservation, Settlement, Subject
+from app.client.models import (
+    Budget,
+    BudgetRemaining,
+    Quote,
+    Reservation,
+    Settlement,
+    Subject,
+    UsageBatch,
+    UsageBatchResult,
+)
 from app.client.sync import LedgerClient, ReservationHandle
 
 __all__ = [
@@ -55,4 +64,6 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "UnknownModel",
+    "UsageBatch",
+    "UsageBatchResult",
 ]

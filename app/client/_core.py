@@ -19,13 +19,28 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from app.client.errors import ConnectionFailed, LedgerError, Unavailable, error_class
-from app.client.models import Budget, Quote, Reservation, Settlement, Subject
+from app.client.models import Budget, Quote, Reservation, Settlement, Subject, UsageBatch
 
 T = TypeVar("T")
 
 Money = Decimal | str | int
 SubjectLike = tuple[str, str] | Mapping[str, str] | Subject
 RETRY_STATUSES = frozenset({503, 504})
+BATCH_RECORD_KEYS = frozenset(
+    {
+        "subjects",
+        "usage",
+        "request_id",
+        "messages",
+        "model",
+        "provider",
+        "call_type",
+        "ttft_ms",
+        "duration_ms",
+        "billing_time",
+        "metadata",
+    }
+)
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -418,6 +433,35 @@ class Calls:
         body["request_id"] = request_id or new_request_id()
         body["subjects"] = subjects_json(subjects)
         return Call("POST", "/v1/usage", Settlement.from_json, body=body)
+
+    def record_usage_batch(
+        self, records: Iterable[Mapping[str, Any]], *, org: str | None
+    ) -> Call[UsageBatch]:
+        bodies = []
+        for record in records:
+            unknown = set(record) - BATCH_RECORD_KEYS
+            if unknown:
+                raise TypeError(f"unknown usage record fields: {', '.join(sorted(unknown))}")
+            if "subjects" not in record:
+                raise TypeError("every usage record needs subjects")
+            body = self._usage_body(
+                record.get("usage"),
+                messages=record.get("messages"),
+                model=record.get("model"),
+                provider=record.get("provider"),
+                call_type=record.get("call_type"),
+                ttft_ms=record.get("ttft_ms"),
+                duration_ms=record.get("duration_ms"),
+                billing_time=record.get("billing_time"),
+                metadata=record.get("metadata"),
+                org=None,
+            )
+            body.pop("org", None)
+            body["request_id"] = record.get("request_id") or new_request_id()
+            body["subjects"] = subjects_json(record["subjects"])
+            bodies.append(body)
+        batch = _drop_none({"org": self._org(org), "records": bodies})
+        return Call("POST", "/v1/usage:batch", UsageBatch.from_json, body=batch)
 
     def quote(
         self,

@@ -16,7 +16,14 @@ import httpx
 from app.client import _core
 from app.client._core import Call, Money, RetryPolicy, SubjectLike
 from app.client.errors import LedgerError, Unavailable
-from app.client.models import Budget, BudgetRemaining, Quote, Reservation, Settlement
+from app.client.models import (
+    Budget,
+    BudgetRemaining,
+    Quote,
+    Reservation,
+    Settlement,
+    UsageBatch,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("app.client")
@@ -439,6 +446,19 @@ class AsyncLedgerClient:
                 org=org,
             )
         )
+
+    async def record_usage_batch(
+        self, records: Iterable[Mapping[str, Any]], *, org: str | None = None
+    ) -> UsageBatch:
+        """Charge up to 1,000 completed requests without reservations in one call.
+
+        Each record is a mapping of :meth:`record_usage`'s arguments (``subjects``, ``usage``
+        or ``messages``, ``model``, ``request_id``, ...); a ``request_id`` is generated for a
+        record without one, once, so a retried batch is answered, never charged twice. Each
+        record is accepted or refused on its own: the result lists, in order, each record's
+        ``settlement`` or its refusal (``status``, ``problem`` and the typed ``error``).
+        """
+        return await self._send(self._calls.record_usage_batch(records, org=org))
 
     async def quote(
         self,

@@ -8,6 +8,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from app.client.errors import LedgerError, error_class
+
 
 def usd(value: Any) -> Decimal:
     """A server money string as an exact Decimal."""
@@ -183,3 +185,56 @@ __all__ = [
     "Subject",
     "usd",
 ]
+
+
+@dataclass(frozen=True)
+class UsageBatchResult:
+    """The outcome of one record of a batch: its ``settlement`` when charged (``status`` 201,
+    also for a replay of an earlier charge), else the refusal's ``status`` and ``problem``."""
+
+    index: int
+    request_id: str | None
+    status: int
+    settlement: Settlement | None = None
+    problem: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.settlement is not None
+
+    @property
+    def error(self) -> LedgerError | None:
+        """The refusal as the typed error a single call would raise (None when charged)."""
+        if self.problem is None:
+            return None
+        return error_class(self.status, self.problem)(self.problem, status=self.status)
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> UsageBatchResult:
+        settlement = body.get("settlement")
+        problem = body.get("problem")
+        request_id = body.get("request_id")
+        return cls(
+            index=int(body["index"]),
+            request_id=None if request_id is None else str(request_id),
+            status=int(body["status"]),
+            settlement=None if settlement is None else Settlement.from_json(settlement),
+            problem=None if problem is None else dict(problem),
+        )
+
+
+@dataclass(frozen=True)
+class UsageBatch:
+    """The outcomes of a batch of direct usage records, in the order they were sent."""
+
+    results: tuple[UsageBatchResult, ...]
+    accepted: int
+    refused: int
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> UsageBatch:
+        return cls(
+            results=tuple(UsageBatchResult.from_json(r) for r in body["results"]),
+            accepted=int(body["accepted"]),
+            refused=int(body["refused"]),
+        )

@@ -58,6 +58,9 @@ def make_engine(url: str, *, settings: Settings | None = None, app_role: bool = 
         max_overflow=0,
         pool_timeout=10,
         pool_pre_ping=False,
+        # Statement logs and error messages never show bound values: they carry webhook
+        # signing secrets and callers' metadata.
+        hide_parameters=True,
     )
     lock_timeout_ms = int(settings.lock_timeout_ms)
 

@@ -1,11 +1,17 @@
-"""Gateway routes: reservations, commit, cancel, extend, direct usage and quotes."""
+"""Gateway routes: reservations, commit, cancel, extend, direct usage (one or a batch) and
+quotes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
 
 from app.api.deps import Caller, Db, Gateway, Prices, read_org, write_org
 from app.api.schemas import (
@@ -16,6 +22,8 @@ from app.api.schemas import (
     ReservationCreate,
     ReservationOut,
     SettlementOut,
+    UsageBatchIn,
+    UsageBatchOut,
     UsageIn,
 )
 from app.auth.service import Principal
@@ -23,10 +31,12 @@ from app.budgets import holds, queries
 from app.budgets.errors import ReservationNotFound
 from app.budgets.model import Reservation, Settlement, Subject
 from app.budgets.router import ERRORS
-from app.errors import InvalidInput
+from app.errors import PROBLEM_BASE, InvalidInput, LedgerError
 from app.gateway import service
 from app.money import format_usd, parse_usd
 from app.pricing import service as pricing
+from app.pricing.errors import UnknownModel
+from app.pricing.table import PriceTable
 
 router = APIRouter(prefix="/v1", tags=["gateway"])
 
@@ -95,6 +105,14 @@ def _messages(body: CommitIn) -> list[service.Message]:
             duration_ms=body.duration_ms,
         )
     ]
+
+
+def _name_the_message(body: CommitIn, error: InvalidInput) -> None:
+    """The service names a lone message's usage as the body's `usage`; a body that gave
+    `messages` has none, so point into the message (several messages are named already)."""
+    field = error.fields.get("field")
+    if body.messages and isinstance(field, str) and field.startswith("usage"):
+        error.fields["field"] = f"messages[0].{field}"
 
 
 def _reservation_org(engine: Db, caller: Principal, reservation_id: UUID, org: str | None) -> str:
@@ -188,19 +206,23 @@ def commit_reservation(
     charged and `late`."""
     org = _reservation_org(engine, caller, reservation_id, body.org)
     messages = _messages(body)
-    with engine.begin() as conn:
-        settlement = service.commit(
-            conn,
-            table,
-            org=org,
-            reservation_id=reservation_id,
-            messages=messages,
-            model=body.model,
-            provider=body.provider,
-            billing_time=body.billing_time,
-            metadata=body.metadata,
-            idempotency_content=_body(body),
-        )
+    try:
+        with engine.begin() as conn:
+            settlement = service.commit(
+                conn,
+                table,
+                org=org,
+                reservation_id=reservation_id,
+                messages=messages,
+                model=body.model,
+                provider=body.provider,
+                billing_time=body.billing_time,
+                metadata=body.metadata,
+                idempotency_content=_body(body),
+            )
+    except InvalidInput as error:
+        _name_the_message(body, error)
+        raise
     return _settlement_out(settlement)
 
 
@@ -241,19 +263,13 @@ def extend_reservation(
         )
 
 
-@router.post(
-    "/usage",
-    status_code=status.HTTP_201_CREATED,
-    response_model=SettlementOut,
-    responses=BUDGET_ERRORS,
-)
-def record_usage(body: UsageIn, caller: Gateway, engine: Db, table: Prices) -> SettlementOut:
-    """Charge a completed request that had no reservation (same body as commit, plus
-    `request_id` and `subjects`)."""
-    org = write_org(caller, body.org)
-    messages = _messages(body)
-    with engine.begin() as conn:
-        settlement = service.record_usage(
+def _charge(
+    conn: Connection, table: PriceTable, *, org: str, body: UsageIn, messages: list[service.Message]
+) -> Settlement:
+    """Charge one direct usage body; the same call, and idempotency content, for
+    POST /v1/usage and for each record of POST /v1/usage:batch."""
+    try:
+        return service.record_usage(
             conn,
             table,
             org=org,
@@ -266,7 +282,181 @@ def record_usage(body: UsageIn, caller: Gateway, engine: Db, table: Prices) -> S
             metadata=body.metadata,
             idempotency_content=_body(body),
         )
+    except InvalidInput as error:
+        _name_the_message(body, error)
+        raise
+
+
+@router.post(
+    "/usage",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SettlementOut,
+    responses=BUDGET_ERRORS,
+)
+def record_usage(body: UsageIn, caller: Gateway, engine: Db, table: Prices) -> SettlementOut:
+    """Charge a completed request that had no reservation (same body as commit, plus
+    `request_id` and `subjects`)."""
+    org = write_org(caller, body.org)
+    messages = _messages(body)
+    with engine.begin() as conn:
+        settlement = _charge(conn, table, org=org, body=body, messages=messages)
     return _settlement_out(settlement)
+
+
+# Errors a record's own transaction may hit that a retry with the same request_id can clear:
+# lock_not_available (lock_timeout), deadlock_detected, serialization_failure.
+_TRANSIENT_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One record of a batch that passed validation, ready to charge."""
+
+    body: UsageIn
+    messages: list[service.Message]
+
+
+def _loc_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    return path
+
+
+def _record_field(index: int, field: str) -> str:
+    """A field of record ``index`` as seen from the batch's body: ``records[3].messages[0]``."""
+    base = f"records[{index}]"
+    if not field:
+        return base
+    return base + field if field.startswith("[") else f"{base}.{field}"
+
+
+def _invalid_record(index: int, error: ValidationError, instance: str) -> dict[str, Any]:
+    """The problem POST /v1/usage returns for a schema error, with fields seen from the batch."""
+    errors = [
+        {"field": _record_field(index, _loc_path(tuple(e["loc"]))), "message": str(e["msg"])}
+        for e in error.errors()
+    ]
+    first = errors[0]
+    return {
+        "type": PROBLEM_BASE + "invalid-input",
+        "title": "Invalid input",
+        "status": 422,
+        "detail": f"{first['field']}: {first['message']}",
+        "field": first["field"],
+        "errors": errors,
+        "instance": instance,
+    }
+
+
+def _model_field(body: UsageIn, model: str) -> str:
+    """Which field of a record named the model that has no price."""
+    for position, message in enumerate(body.messages or ()):
+        if message.model == model:
+            return f"messages[{position}].model"
+    return "model"
+
+
+def _refusal(index: int, error: LedgerError, body: UsageIn | None, instance: str) -> dict[str, Any]:
+    """The problem POST /v1/usage returns for ``error``, with its field seen from the batch."""
+    problem = error.problem(instance=instance)
+    if isinstance(error, UnknownModel) and body is not None:
+        problem["field"] = _model_field(body, error.model)
+    if isinstance(problem.get("field"), str):
+        problem["field"] = _record_field(index, problem["field"])
+    return problem
+
+
+def _unavailable(instance: str) -> dict[str, Any]:
+    return {
+        "type": PROBLEM_BASE + "unavailable",
+        "title": "Service unavailable",
+        "status": 503,
+        "detail": "the database is busy (a lock wait timed out); retry the record with the "
+        "same request_id",
+        "instance": instance,
+    }
+
+
+def _parse_record(index: int, raw: Any, instance: str) -> _Record | dict[str, Any]:
+    """Record ``index`` validated as a POST /v1/usage body, or the problem refusing it."""
+    if isinstance(raw, dict) and "org" in raw:
+        error = InvalidInput("org is given once, for the whole batch", field="org")
+        return _refusal(index, error, None, instance)
+    try:
+        body = UsageIn.model_validate(raw)
+    except ValidationError as invalid:
+        return _invalid_record(index, invalid, instance)
+    try:
+        return _Record(body, _messages(body))
+    except InvalidInput as error:
+        return _refusal(index, error, body, instance)
+
+
+def _request_id(raw: Any) -> str | None:
+    value = raw.get("request_id") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) else None
+
+
+@router.post(
+    "/usage:batch",
+    response_model=UsageBatchOut,
+    responses={
+        **ERRORS,
+        422: {"description": "The batch itself is invalid: not 1-1,000 `records`, or `org`"},
+        503: {
+            "description": "Database unreachable: retry the same body (records are "
+            "idempotent, so those already charged are answered, not charged again)"
+        },
+    },
+)
+def record_usage_batch(
+    body: UsageBatchIn, caller: Gateway, engine: Db, table: Prices, request: Request
+) -> JSONResponse:
+    """Charge up to 1,000 completed requests that had no reservation, each record accepted or
+    refused on its own.
+
+    Each record is the body of POST /v1/usage without `org`, validated, idempotent on its own
+    `request_id` and charged in its own transaction, so one refusal never undoes another
+    record. `results[i]` has `status` 201 and the `settlement` POST /v1/usage would return, or
+    the refusal's `status` and its problem+json `problem` (fields named from the batch's body,
+    e.g. `records[3].messages[0].usage`). Resend the same batch to retry it: charged records
+    answer with their original settlement and are never charged twice.
+    """
+    org = write_org(caller, body.org)
+    instance = request.url.path
+    results: list[dict[str, Any]] = []
+    accepted = 0
+    # One pooled connection for the whole batch; one short transaction per record, each taking
+    # its locks in the fixed order (docs/ledger.md, "Lock order"), so a batch waits like
+    # consecutive single calls would and can never deadlock with them (docs/api.md).
+    with engine.connect() as conn:
+        for index, raw in enumerate(body.records):
+            result: dict[str, Any] = {"index": index, "request_id": _request_id(raw)}
+            record = _parse_record(index, raw, instance)
+            if not isinstance(record, _Record):
+                results.append({**result, "status": record["status"], "problem": record})
+                continue
+            try:
+                with conn.begin():
+                    settlement = _charge(
+                        conn, table, org=org, body=record.body, messages=record.messages
+                    )
+            except LedgerError as error:
+                problem = _refusal(index, error, record.body, instance)
+            except OperationalError as error:
+                if getattr(error.orig, "sqlstate", None) not in _TRANSIENT_SQLSTATES:
+                    raise
+                problem = _unavailable(instance)
+            else:
+                accepted += 1
+                out = _settlement_out(settlement).model_dump(mode="json")
+                results.append({**result, "status": 201, "settlement": out})
+                continue
+            results.append({**result, "status": problem["status"], "problem": problem})
+    return JSONResponse(
+        {"results": results, "accepted": accepted, "refused": len(results) - accepted}
+    )
 
 
 @router.post("/quotes", responses=ERRORS)

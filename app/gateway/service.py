@@ -216,13 +216,19 @@ def _price_messages(
                 "model is required to price usage",
                 field=f"messages[{index}].model" if len(messages) > 1 else "model",
             )
-        quote = pricing.quote(
-            table,
-            model=message_model,
-            provider=message.provider or provider,
-            usage=message.usage,
-            billing_time=billing_time,
-        )
+        try:
+            quote = pricing.quote(
+                table,
+                model=message_model,
+                provider=message.provider or provider,
+                usage=message.usage,
+                billing_time=billing_time,
+            )
+        except InvalidInput as error:
+            # Name the message, as for a missing model: `messages[1].usage.input_tokens`.
+            if len(messages) > 1:
+                error.fields["field"] = f"messages[{index}].{error.fields['field']}"
+            raise
         fields = usage_to_fields(quote.usage)
         records.append(
             UsageRecord(

@@ -63,7 +63,7 @@ def _json(data: dict[str, Any]) -> Response:
 
 
 def _seq(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 19:
+    if not text.isascii() or not text.isdigit() or int(text) >= 2**63:  # seq is a bigint
         raise InvalidInput("after must be a seq from an earlier page (digits)", field="after")
     return int(text)
 

@@ -26,7 +26,10 @@ class ReconciliationIn(Strict):
         None, alias="from", description="First UTC day compared (default: the file's first)"
     )
     period_to: date | None = Field(
-        None, alias="to", description="Last UTC day compared, inclusive (default: the file's)"
+        None,
+        alias="to",
+        lt=date.max,  # the comparison runs to the day after
+        description="Last UTC day compared, inclusive (default: the file's)",
     )
 
 

@@ -35,7 +35,10 @@ From = Annotated[
 ]
 To = Annotated[
     datetime | None,
-    Query(description="End (exclusive), on a whole hour; default: the start of the next hour"),
+    Query(
+        alias="to",
+        description="End (exclusive), on a whole hour; default: the start of the next hour",
+    ),
 ]
 
 
