@@ -68,6 +68,8 @@ def make_engine(url: str, *, settings: Settings | None = None, app_role: bool = 
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         with dbapi_connection.cursor() as cursor:
             cursor.execute(f"SET lock_timeout = {lock_timeout_ms}")
+            # Compiling a plan costs ~50 ms; no query of the service runs long enough to win it.
+            cursor.execute("SET jit = off")
             if app_role:
                 cursor.execute(
                     "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)"

@@ -192,9 +192,11 @@ def _source_sql(query: SpendQuery, where: str, columns: str) -> tuple[str, dict[
             " AND ((bucket >= :start AND bucket < :day_lo)"
             " OR (bucket >= :day_hi AND bucket < :end))"
         )
+    # A lateral argument, not a subquery: PostgreSQL inlines the function only then, and the
+    # tail becomes an index range on seq in each partition instead of a scan.
     pieces.append(
-        f"SELECT occurred_at AS at, {columns}"
-        f" FROM usage_facts_between((SELECT folded_below FROM rollup_watermark), {_MAX_INFINITY})"
+        f"SELECT occurred_at AS at, {columns} FROM rollup_watermark AS mark"
+        f" CROSS JOIN LATERAL usage_facts_between(mark.folded_below, {_MAX_INFINITY}) AS tail"
         f" WHERE {where} AND occurred_at >= :start AND occurred_at < :end"
     )
     return " UNION ALL ".join(pieces), params
@@ -308,8 +310,8 @@ def subject_spend(
         SELECT cost_pico_usd FROM rollup_hourly
         WHERE {where} AND bucket >= :low AND bucket < :high
         UNION ALL
-        SELECT cost_pico_usd
-        FROM usage_facts_between((SELECT folded_below FROM rollup_watermark), {_MAX_INFINITY})
+        SELECT cost_pico_usd FROM rollup_watermark AS mark
+        CROSS JOIN LATERAL usage_facts_between(mark.folded_below, {_MAX_INFINITY}) AS tail
         WHERE {where} AND occurred_at >= :low AND occurred_at < :high
     ) AS src
     """
