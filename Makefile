@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: install serve test check lint typecheck bench-pricing clean
+.PHONY: install serve test check lint typecheck bench-pricing bench-reports bench-ledger bench-batch clean
 
 # serve needs the service alone; tests and checks add the dev extra (pytest, playwright, the
 # real litellm proxy for the plug-in's tests, ...).
@@ -36,6 +36,16 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck
+
+# Long runs, not part of `make test`: each prints its figures (docs/benchmarks.md).
+bench-reports: $(STAMP)
+	$(BIN)/python bench/reports.py $(ARGS)
+
+bench-ledger: $(STAMP)
+	$(BIN)/python bench/ledger.py $(ARGS)
+
+bench-batch: $(STAMP)
+	$(BIN)/python bench/usage_batch.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
