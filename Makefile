@@ -42,6 +42,7 @@ bench-reports: $(STAMP)
 	$(BIN)/python bench/reports.py $(ARGS)
 
 bench-ledger: $(STAMP)
+	$(BIN)/pip install --quiet py-spy
 	$(BIN)/python bench/ledger.py $(ARGS)
 
 bench-batch: $(STAMP)
