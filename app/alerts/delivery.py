@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from app.alerts import service
 from app.alerts.model import Attempt
@@ -178,6 +179,8 @@ class DeliveryWorker:
                     deliver_due(
                         self.engine, client=client, policy=self.policy, rng=rng, stop=self._stop
                     )
+                except OperationalError as error:  # the database is away: a line, not a trace
+                    log.warning("webhook delivery postponed: %s", error.orig)
                 except Exception:
                     log.exception("webhook delivery failed; retrying next interval")
                 self._stop.wait(self.interval_seconds)

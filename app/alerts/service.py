@@ -127,6 +127,32 @@ def raise_for_change(
     )
 
 
+def raise_reached(
+    conn: Connection,
+    *,
+    budget: Budget,
+    hold: Hold,
+    spent_pico_usd: int,
+    held_pico_usd: int,
+    now: datetime,
+) -> list[Alert]:
+    """Raise the levels a period's spend has reached that were not raised yet, above the
+    highest raised so far. For a budget with escrow slices, whose charges on one slice cannot
+    see the period's totals (docs/ledger.md, "Hot budgets: escrow slices"): the sweeper calls
+    it with totals read in one snapshot, and the primary key keeps each level once."""
+    raised = [
+        row.level
+        for row in queries.raised_alerts(
+            conn, org=budget.org, budget_id=budget.budget_id, period_start=hold.period_start
+        )
+    ]
+    previous = max(raised, key=LEVELS.index, default="ok")
+    charge = _Charge(budget, hold, spent_pico_usd, held_pico_usd, previous)
+    return _raise(
+        conn, org=budget.org, charges=[charge], now=now, request_id=None, reservation_id=None
+    )
+
+
 def _raise(
     conn: Connection,
     *,

@@ -1,7 +1,8 @@
 """Reserve, extend, commit, cancel and expire holds; charge usage without a hold.
 
 Every function here runs inside the caller's transaction and changes the projections and the
-event stream together. Lock order everywhere: idempotency key, reservation, budgets by id.
+event stream together. Lock order everywhere: idempotency key, reservation, budgets by id (a
+sliced budget's row, then its slices; app/budgets/escrow.py).
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ from uuid import UUID
 from sqlalchemy import Connection
 
 from app.alerts import service as alerts
-from app.budgets import queries
-from app.budgets.errors import BudgetExceeded, ReservationNotFound, ReservationSettled
+from app.budgets import escrow, queries
+from app.budgets.errors import ReservationNotFound, ReservationSettled
 from app.budgets.model import (
-    Budget,
     BudgetRemaining,
     Hold,
     Reservation,
     Settlement,
     Subject,
 )
-from app.budgets.periods import period_bounds
 from app.errors import InvalidInput
 from app.ledger import events, idempotency
 from app.ledger import service as ledger
@@ -34,16 +33,10 @@ from app.ledger.records import UsageRecord
 Delta = tuple[Hold, int, int]
 
 
-def _holds_for(budgets: Sequence[Budget], at: datetime) -> list[Hold]:
-    return [Hold(b.budget_id, *period_bounds(b.period, b.timezone, at)) for b in budgets]
-
-
 def _delta_payload(deltas: Sequence[Delta]) -> list[dict[str, Any]]:
     return [
         {
-            "budget_id": str(hold.budget_id),
-            "period_start": hold.period_start.isoformat(),
-            "period_end": hold.period_end.isoformat(),
+            **escrow.hold_json(hold),
             "spent_pico_usd": spent,
             "held_pico_usd": held,
         }
@@ -51,59 +44,29 @@ def _delta_payload(deltas: Sequence[Delta]) -> list[dict[str, Any]]:
     ]
 
 
-def _holds_payload(holds: Sequence[Hold]) -> list[dict[str, str]]:
+def _holds_payload(holds: Sequence[Hold]) -> list[dict[str, Any]]:
+    return [escrow.hold_json(h) for h in holds]
+
+
+def _holds_from_payload(payload: Sequence[dict[str, Any]]) -> list[Hold]:
+    return [escrow.hold_from_json(h) for h in payload]
+
+
+def _remaining(applied: Sequence[escrow.Applied]) -> list[BudgetRemaining]:
     return [
-        {
-            "budget_id": str(h.budget_id),
-            "period_start": h.period_start.isoformat(),
-            "period_end": h.period_end.isoformat(),
-        }
-        for h in holds
+        BudgetRemaining(
+            a.budget.budget_id,
+            a.budget.subject,
+            a.budget.mode,
+            a.budget.limit_pico_usd,
+            a.remaining_pico_usd,
+        )
+        for a in applied
     ]
 
 
-def _holds_from_payload(payload: Sequence[dict[str, str]]) -> list[Hold]:
-    return [
-        Hold(
-            UUID(h["budget_id"]),
-            datetime.fromisoformat(h["period_start"]),
-            datetime.fromisoformat(h["period_end"]),
-        )
-        for h in payload
-    ]
-
-
-def _lock_held_budgets(conn: Connection, row: Any) -> tuple[dict[UUID, Budget], list[Hold]]:
-    """Lock the budgets a reservation holds money in (in budget_id order, after the
-    reservation's own lock) and return them with the holds, in that order, that they back."""
-    holds = _holds_from_payload(row.holds)
-    locked = queries.lock_budgets_by_id(conn, org=row.org, budget_ids=[h.budget_id for h in holds])
-    by_id = {b.budget_id: b for b in locked}
-    return by_id, [h for h in sorted(holds, key=lambda h: h.budget_id) if h.budget_id in by_id]
-
-
-def _check_hard_limits(
-    budgets: Sequence[Budget],
-    after: dict[tuple[UUID, datetime], tuple[int, int]],
-    holds: Sequence[Hold],
-    amount: int,
-) -> list[BudgetRemaining]:
-    """Refuse when a hard budget went past its limit by taking ``amount`` (the caller's
-    transaction then rolls the change back); else each budget's remaining after it."""
-    remaining = []
-    for budget, hold in zip(budgets, holds, strict=True):
-        spent, held = after[(hold.budget_id, hold.period_start)]
-        left = budget.limit_pico_usd - spent - held
-        if budget.mode == "hard" and amount > 0 and left < 0:
-            raise BudgetExceeded.of(
-                budget, remaining_pico_usd=left + amount, requested_pico_usd=amount
-            )
-        remaining.append(
-            BudgetRemaining(
-                budget.budget_id, budget.subject, budget.mode, budget.limit_pico_usd, left
-            )
-        )
-    return remaining
+def _deltas(applied: Sequence[escrow.Applied]) -> list[Delta]:
+    return [(a.hold, a.spent_pico_usd, a.held_pico_usd) for a in applied]
 
 
 def reservation_json(reservation: Reservation) -> dict[str, Any]:
@@ -233,11 +196,18 @@ def reserve(
     if previous is not None:
         return reservation_from_json(previous)
     now = now or datetime.now(UTC)
-    locked = queries.lock_budgets_of_subjects(conn, org=org, subjects=unique)
-    holds = _holds_for(locked, now)
-    deltas = [(hold, 0, amount_pico_usd) for hold in holds]
-    after = queries.add_to_periods(conn, org=org, deltas=deltas)
-    remaining = _check_hard_limits(locked, after, holds, amount_pico_usd)
+    applied = escrow.charge_subjects(
+        conn,
+        org=org,
+        subjects=unique,
+        at=now,
+        spent=0,
+        held=amount_pico_usd,
+        check=escrow.check_take,
+    )
+    holds = [a.hold for a in applied]
+    deltas = _deltas(applied)
+    remaining = _remaining(applied)
     reservation = Reservation(
         org=org,
         reservation_id=uuid.uuid4(),
@@ -323,13 +293,17 @@ def extend(
     if ttl_seconds is not None and ttl_seconds <= 0:
         raise InvalidInput("ttl must be positive", field="ttl_seconds")
     increase = new_amount - row.amount_pico_usd
-    by_id, live_holds = _lock_held_budgets(conn, row)
-    deltas = [(hold, 0, increase) for hold in live_holds]
-    after = queries.add_to_periods(conn, org=org, deltas=deltas)
-    remaining = _check_hard_limits(
-        [by_id[h.budget_id] for h in live_holds], after, live_holds, increase
+    applied = escrow.settle_holds(
+        conn,
+        org=org,
+        holds=_holds_from_payload(row.holds),
+        spent=0,
+        held=increase,
+        check=escrow.check_take,
     )
-    deltas = deltas if increase else []
+    live_holds = [a.hold for a in applied]
+    remaining = _remaining(applied)
+    deltas = _deltas(applied) if increase else []
     queries.update_reservation(
         conn,
         org=org,
@@ -435,12 +409,14 @@ def commit_reservation(
         )
     still_held = row.state == "held"
     late = not still_held or now > row.expires_at
-    by_id, live_holds = _lock_held_budgets(conn, row)
     release = row.amount_pico_usd if still_held else 0
-    deltas = [(hold, cost_pico_usd, -release) for hold in live_holds]
-    after = queries.add_to_periods(conn, org=org, deltas=deltas)
+    applied = escrow.settle_holds(
+        conn, org=org, holds=_holds_from_payload(row.holds), spent=cost_pico_usd, held=-release
+    )
+    live_holds = [a.hold for a in applied]
+    deltas = _deltas(applied)
     overrun = cost_pico_usd > row.amount_pico_usd
-    flagged = _over_limit(after, budgets=by_id, holds=live_holds)
+    flagged = _over_limit(conn, org=org, applied=applied)
     queries.update_reservation(
         conn,
         org=org,
@@ -487,12 +463,10 @@ def commit_reservation(
         ],
     )
     # After the charge's own events, so the stream shows the cause before the alert.
-    alerts.raise_for_charge(
+    _raise_alerts(
         conn,
         org=org,
-        budgets=by_id.values(),
-        holds=live_holds,
-        after=after,
+        applied=applied,
         charged_pico_usd=cost_pico_usd,
         now=now,
         request_id=row.request_id,
@@ -519,18 +493,54 @@ def commit_reservation(
     return settlement
 
 
-def _over_limit(
-    after: dict[tuple[UUID, datetime], tuple[int, int]],
-    *,
-    budgets: dict[UUID, Budget],
-    holds: Sequence[Hold],
-) -> list[str]:
-    """Budgets whose period is now past its limit (soft budgets, overruns, late commits)."""
-    return [
-        str(hold.budget_id)
-        for hold in holds
-        if sum(after[(hold.budget_id, hold.period_start)]) > budgets[hold.budget_id].limit_pico_usd
+def _over_limit(conn: Connection, *, org: str, applied: Sequence[escrow.Applied]) -> list[str]:
+    """Budgets whose period is now past its limit (soft budgets, overruns, late commits).
+
+    A change made on one slice only (the fast path) knows the period's totals only when the
+    slice is an open slice of a hard budget: then no slice is negative, so the period is within
+    its limit. Otherwise its totals are read without the budget's lock: exact but for charges
+    that commit concurrently (docs/ledger.md, "Hot budgets: escrow slices")."""
+    unknown = [
+        a.hold
+        for a in applied
+        if a.totals is None and not (a.budget.mode == "hard" and a.slice_open)
     ]
+    read = queries.period_balances(conn, org=org, holds=unknown) if unknown else {}
+    flagged = []
+    for a in applied:
+        totals = a.totals or read.get((a.hold.budget_id, a.hold.period_start))
+        if totals is not None and sum(totals) > a.budget.limit_pico_usd:
+            flagged.append(str(a.budget.budget_id))
+    return flagged
+
+
+def _raise_alerts(
+    conn: Connection,
+    *,
+    org: str,
+    applied: Sequence[escrow.Applied],
+    charged_pico_usd: int,
+    now: datetime,
+    request_id: str,
+    reservation_id: UUID | None = None,
+) -> None:
+    """Alert levels the charge crossed, where the period's totals are exact (its budget was
+    locked). A charge on one slice cannot know them; the sweeper raises its levels
+    (app/budgets/sweeper.py, raise_sliced_alerts)."""
+    exact = [a for a in applied if a.totals is not None]
+    if not exact:
+        return
+    alerts.raise_for_charge(
+        conn,
+        org=org,
+        budgets=[a.budget for a in exact],
+        holds=[a.hold for a in exact],
+        after={(a.hold.budget_id, a.hold.period_start): a.totals for a in exact if a.totals},
+        charged_pico_usd=charged_pico_usd,
+        now=now,
+        request_id=request_id,
+        reservation_id=reservation_id,
+    )
 
 
 def cancel(
@@ -581,9 +591,10 @@ def cancel(
 
 
 def _release(conn: Connection, *, row: Any, now: datetime, event_type: str) -> None:
-    _, live_holds = _lock_held_budgets(conn, row)
-    deltas = [(hold, 0, -row.amount_pico_usd) for hold in live_holds]
-    queries.add_to_periods(conn, org=row.org, deltas=deltas)
+    applied = escrow.settle_holds(
+        conn, org=row.org, holds=_holds_from_payload(row.holds), spent=0, held=-row.amount_pico_usd
+    )
+    deltas = _deltas(applied)
     state = "cancelled" if event_type == events.CANCELLED else "expired"
     queries.update_reservation(
         conn,
@@ -657,16 +668,18 @@ def record_usage(
     if previous is not None:
         return settlement_from_json(previous)
     now = now or datetime.now(UTC)
-    locked = queries.lock_budgets_of_subjects(conn, org=org, subjects=unique)
-    holds = _holds_for(locked, now)
-    deltas = [(hold, cost_pico_usd, 0) for hold in holds]
-    after = queries.add_to_periods(conn, org=org, deltas=deltas)
-    for budget, hold in zip(locked, holds, strict=True):
-        spent, held = after[(hold.budget_id, hold.period_start)]
-        left_before = budget.limit_pico_usd - (spent - cost_pico_usd) - held
-        if budget.mode == "hard" and left_before <= 0 and cost_pico_usd > 0:
-            raise BudgetExceeded.of(budget, remaining_pico_usd=0, requested_pico_usd=cost_pico_usd)
-    flagged = _over_limit(after, budgets={b.budget_id: b for b in locked}, holds=holds)
+    applied = escrow.charge_subjects(
+        conn,
+        org=org,
+        subjects=unique,
+        at=now,
+        spent=cost_pico_usd,
+        held=0,
+        check=escrow.check_usage,
+    )
+    holds = [a.hold for a in applied]
+    deltas = _deltas(applied)
+    flagged = _over_limit(conn, org=org, applied=applied)
     ledger.append_many(
         conn,
         [
@@ -700,12 +713,10 @@ def record_usage(
             ),
         ],
     )
-    alerts.raise_for_charge(
+    _raise_alerts(
         conn,
         org=org,
-        budgets=locked,
-        holds=holds,
-        after=after,
+        applied=applied,
         charged_pico_usd=cost_pico_usd,
         now=now,
         request_id=request_id,

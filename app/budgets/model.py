@@ -35,6 +35,7 @@ class Budget:
     created_at: datetime
     updated_at: datetime
     version: int
+    escrow_slices: int = 1
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Hold:
     budget_id: UUID
     period_start: datetime
     period_end: datetime
+    slice: int | None = None  # the escrow slice holding it, for a sliced budget
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 
 from app.api.deps import Admin, Db, Reader, read_org, write_org
-from app.api.schemas import BudgetChange, BudgetCreate, BudgetOut
 from app.budgets import service
 from app.budgets.model import Subject
+from app.budgets.schemas import BudgetChange, BudgetCreate, BudgetOut
 from app.money import parse_usd
 
 router = APIRouter(prefix="/v1/budgets", tags=["budgets"])
@@ -86,6 +86,7 @@ def create_budget(body: BudgetCreate, caller: Admin, engine: Db) -> BudgetOut:
             mode=body.mode,
             alert_thresholds=body.alert_thresholds,
             request_id=body.request_id,
+            escrow_slices=body.escrow_slices,
         )
         return BudgetOut(**service.describe(service.status_of(conn, budget)))
 
@@ -152,7 +153,8 @@ def get_budget_status(budget_id: UUID, caller: Reader, engine: Db) -> BudgetStat
     responses={**ERRORS, 404: {"description": "No such budget (for this key)"}},
 )
 def change_budget(budget_id: UUID, body: BudgetChange, caller: Admin, engine: Db) -> BudgetOut:
-    """Change a budget's limit, mode or alert thresholds from now on (an event)."""
+    """Change a budget's limit, mode, alert thresholds or escrow slices from now on (an
+    event)."""
     with engine.begin() as conn:
         budget = service.get_budget(conn, budget_id=budget_id, org=read_org(caller))
         changed = service.change_budget(
@@ -162,5 +164,6 @@ def change_budget(budget_id: UUID, body: BudgetChange, caller: Admin, engine: Db
             limit_pico_usd=parse_usd(body.limit_usd) if body.limit_usd is not None else None,
             mode=body.mode,
             alert_thresholds=body.alert_thresholds,
+            escrow_slices=body.escrow_slices,
         )
         return BudgetOut(**service.describe(service.status_of(conn, changed)))

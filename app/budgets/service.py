@@ -13,7 +13,7 @@ from uuid import UUID
 from sqlalchemy import Connection, insert, update
 
 from app.alerts import service as alerts
-from app.budgets import queries
+from app.budgets import escrow, queries
 from app.budgets.errors import BudgetNotFound
 from app.budgets.model import Budget, BudgetStatus, Hold, Subject, alert_level
 from app.budgets.periods import PERIODS, period_bounds, zone
@@ -26,6 +26,14 @@ from app.reports import service as reports
 
 MODES = ("hard", "soft")
 DEFAULT_THRESHOLDS = ("0.8", "0.95", "1.0")
+MAX_ESCROW_SLICES = 64
+
+
+def _check_slices(escrow_slices: int | None) -> None:
+    if escrow_slices is not None and not 1 <= escrow_slices <= MAX_ESCROW_SLICES:
+        raise InvalidInput(
+            f"escrow_slices must be from 1 to {MAX_ESCROW_SLICES}", field="escrow_slices"
+        )
 
 
 def _validate(
@@ -79,11 +87,15 @@ def define_budget(
     budget_id: UUID | None = None,
     now: datetime | None = None,
     request_id: str | None = None,
+    escrow_slices: int = 1,
 ) -> Budget:
     """Create a budget for ``subject`` and append ``budget_defined``.
 
-    With a ``request_id`` a retry returns the budget the first attempt created.
+    With a ``request_id`` a retry returns the budget the first attempt created. With
+    ``escrow_slices`` > 1 its headroom is split into that many slices (docs/ledger.md, "Hot
+    budgets: escrow slices"); they are made by the first reservation of each period.
     """
+    _check_slices(escrow_slices)
     thresholds = _validate(
         period=period,
         timezone=timezone,
@@ -100,6 +112,7 @@ def define_budget(
             "timezone": timezone,
             "mode": mode,
             "thresholds": list(thresholds),
+            **({"escrow_slices": escrow_slices} if escrow_slices != 1 else {}),
         }
         previous = idempotency.claim(
             conn,
@@ -123,6 +136,7 @@ def define_budget(
         created_at=now,
         updated_at=now,
         version=1,
+        escrow_slices=escrow_slices,
     )
     conn.execute(
         insert(budgets).values(
@@ -138,6 +152,7 @@ def define_budget(
             created_at=now,
             updated_at=now,
             version=1,
+            escrow_slices=escrow_slices,
         )
     )
     ledger.append(
@@ -155,6 +170,7 @@ def define_budget(
             "timezone": timezone,
             "mode": mode,
             "alert_thresholds": list(thresholds),
+            "escrow_slices": escrow_slices,
         },
     )
     if request_id is not None:
@@ -177,8 +193,11 @@ def change_budget(
     mode: str | None = None,
     alert_thresholds: Sequence[str] | None = None,
     now: datetime | None = None,
+    escrow_slices: int | None = None,
 ) -> Budget:
-    """Change a budget's limit, mode or thresholds from now on; appends ``budget_changed``."""
+    """Change a budget's limit, mode, thresholds or escrow slices from now on; appends
+    ``budget_changed``. A sliced budget's current period is pooled and split again."""
+    _check_slices(escrow_slices)
     thresholds = _validate(
         period=None,
         timezone=None,
@@ -198,6 +217,8 @@ def change_budget(
         changes["mode"] = mode
     if thresholds is not None and thresholds != old.alert_thresholds:
         changes["alert_thresholds"] = list(thresholds)
+    if escrow_slices is not None and escrow_slices != old.escrow_slices:
+        changes["escrow_slices"] = escrow_slices
     if not changes:
         return old
     changed = conn.execute(
@@ -217,17 +238,19 @@ def change_budget(
         payload={"changes": changes, "version": old.version + 1},
     )
     budget = queries.to_budget(changed)
+    # The slices carry the budget version they were pooled under: split the current period
+    # again under the new limit, mode and count, with the row and every slice locked.
+    hold, spent, held = escrow.repool(conn, budget=budget, at=now)
     if "limit_pico_usd" in changes or "alert_thresholds" in changes:
         # A lower limit or threshold can put the current period at a higher level with no
         # charge at all; raise it now rather than at the next charge (docs/alerts.md).
-        status = status_of(conn, budget, at=now)
         alerts.raise_for_change(
             conn,
             before=old,
             after=budget,
-            hold=Hold(budget.budget_id, status.period_start, status.period_end),
-            spent_pico_usd=status.spent_pico_usd,
-            held_pico_usd=status.held_pico_usd,
+            hold=hold,
+            spent_pico_usd=spent,
+            held_pico_usd=held,
             now=now,
         )
     return budget
@@ -241,7 +264,8 @@ def get_budget(conn: Connection, *, budget_id: UUID, org: str | None) -> Budget:
 
 
 def status_of(conn: Connection, budget: Budget, *, at: datetime | None = None) -> BudgetStatus:
-    """Spent and held in the budget's period containing ``at`` (default now)."""
+    """Spent and held in the budget's period containing ``at`` (default now), its escrow
+    slices included."""
     at = at or datetime.now(UTC)
     start, end = period_bounds(budget.period, budget.timezone, at)
     hold = Hold(budget.budget_id, start, end)
@@ -292,6 +316,7 @@ def describe(status: BudgetStatus) -> dict[str, object]:
         "period_start": status.period_start.isoformat(),
         "period_end": status.period_end.isoformat(),
         "version": budget.version,
+        "escrow_slices": budget.escrow_slices,
     }
 
 

@@ -1,4 +1,4 @@
-"""Budget projections (DDL in migrations/versions/0001_ledger_core.py)."""
+"""Budget projections (DDL in migrations/versions/0001_ledger_core.py and 0012)."""
 
 from sqlalchemy import Boolean, Column, DateTime, Integer, Table, Text, Uuid
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -20,6 +20,7 @@ budgets = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("version", Integer, nullable=False),
+    Column("escrow_slices", Integer, nullable=False),
 )
 
 budget_periods = Table(
@@ -29,6 +30,22 @@ budget_periods = Table(
     Column("budget_id", Uuid, primary_key=True),
     Column("period_start", DateTime(timezone=True), primary_key=True),
     Column("period_end", DateTime(timezone=True), nullable=False),
+    Column("spent_pico_usd", PicoUSD, nullable=False),
+    Column("held_pico_usd", PicoUSD, nullable=False),
+)
+
+# Escrow slices of a hot budget's period (migrations/versions/0012_budget_escrow.py).
+budget_slices = Table(
+    "budget_slices",
+    metadata,
+    Column("org", Text, primary_key=True),
+    Column("budget_id", Uuid, primary_key=True),
+    Column("period_start", DateTime(timezone=True), primary_key=True),
+    Column("slice", Integer, primary_key=True),
+    Column("period_end", DateTime(timezone=True), nullable=False),
+    Column("budget_version", Integer, nullable=False),
+    Column("is_open", Boolean, nullable=False),
+    Column("headroom_pico_usd", PicoUSD, nullable=False),
     Column("spent_pico_usd", PicoUSD, nullable=False),
     Column("held_pico_usd", PicoUSD, nullable=False),
 )

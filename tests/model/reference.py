@@ -135,6 +135,9 @@ class ModelBudget:
     created_at: datetime
     updated_at: datetime
     version: int = 1
+    # Escrow slices change how a budget is locked, never what it admits: the model has no
+    # slices, so a sliced budget must behave exactly as this plain one (docs/ledger.md).
+    slices: int = 1
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,7 @@ class DefineContent:
     period: str
     timezone: str
     mode: str
+    slices: int = 1
 
 
 @dataclass
@@ -299,16 +303,25 @@ class LedgerModel:
             limit=content.limit,
             created_at=now,
             updated_at=now,
+            slices=content.slices,
         )
         if request_id is not None:
             self.define_keys[request_id] = (content, budget_id)
         return Ok(budget_id)
 
     def change_budget(
-        self, *, budget_id: UUID, limit: int | None, mode: str | None, now: datetime
+        self,
+        *,
+        budget_id: UUID,
+        limit: int | None,
+        mode: str | None,
+        now: datetime,
+        slices: int | None = None,
     ) -> Outcome:
         budget = self.budgets[budget_id]
         changed = False
+        if slices is not None and slices != budget.slices:
+            budget.slices, changed = slices, True
         if limit is not None and limit != budget.limit:
             budget.limit, changed = limit, True
         if mode is not None and mode != budget.mode:
