@@ -34,6 +34,12 @@ class Settings:
     prices_path: str | None = None
     prices_url: str | None = None
     insecure_no_auth: bool = False
+    # Connection faults (docs/reliability.md). 0 ms: no statement timeout, PostgreSQL's
+    # default, for commands such as replay that may run long; `serve` defaults to 30 s.
+    statement_timeout_ms: int = 0
+    pool_timeout_seconds: float = 10.0
+    connect_timeout_seconds: int = 10
+    pool_pre_ping: bool = False
 
     @staticmethod
     def from_namespace(ns: argparse.Namespace) -> Settings:
@@ -59,6 +65,10 @@ _FIELDS = (
     "prices_path",
     "prices_url",
     "insecure_no_auth",
+    "statement_timeout_ms",
+    "pool_timeout_seconds",
+    "connect_timeout_seconds",
+    "pool_pre_ping",
 )
 
 
@@ -70,6 +80,11 @@ def _env(name: str) -> str | None:
 def _env_int(name: str) -> int | None:
     value = _env(name)
     return int(value) if value is not None else None
+
+
+def _env_float(name: str) -> float | None:  # money-safe: seconds
+    value = _env(name)
+    return float(value) if value is not None else None  # money-safe: seconds
 
 
 def _env_flag(name: str) -> bool | None:
@@ -114,6 +129,9 @@ def add_pricing_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+SERVE_STATEMENT_TIMEOUT_MS = 30_000
+
+
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `serve`."""
     parser.add_argument("--host", default=_env("USAGE_LEDGER_HOST"), help="Bind address.")
@@ -143,6 +161,38 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=_env_int("USAGE_LEDGER_POOL_SIZE"),
         help="Database connections kept by the server.",
+    )
+    statement_timeout_ms = _env_int("USAGE_LEDGER_STATEMENT_TIMEOUT_MS")
+    parser.add_argument(
+        "--statement-timeout-ms",
+        type=int,
+        default=SERVE_STATEMENT_TIMEOUT_MS
+        if statement_timeout_ms is None
+        else statement_timeout_ms,
+        help="Longest statement before PostgreSQL cancels it, answered 504; 0: none "
+        f"(env USAGE_LEDGER_STATEMENT_TIMEOUT_MS, default {SERVE_STATEMENT_TIMEOUT_MS}).",
+    )
+    parser.add_argument(
+        "--pool-timeout-seconds",
+        type=float,  # money-safe: seconds
+        default=_env_float("USAGE_LEDGER_POOL_TIMEOUT_SECONDS"),
+        help="Longest wait for a free pooled connection before a 503 (env "
+        "USAGE_LEDGER_POOL_TIMEOUT_SECONDS, default 10).",
+    )
+    parser.add_argument(
+        "--connect-timeout-seconds",
+        type=int,
+        default=_env_int("USAGE_LEDGER_CONNECT_TIMEOUT_SECONDS"),
+        help="Longest wait to open a database connection; 0: none (env "
+        "USAGE_LEDGER_CONNECT_TIMEOUT_SECONDS, default 10).",
+    )
+    parser.add_argument(
+        "--pool-pre-ping",
+        action="store_const",
+        const=True,
+        default=_env_flag("USAGE_LEDGER_POOL_PRE_PING"),
+        help="Test each pooled connection before use, so connections dropped while idle cost "
+        "no request a 503 (a round trip per checkout; env USAGE_LEDGER_POOL_PRE_PING).",
     )
     parser.add_argument(
         "--insecure-no-auth",

@@ -76,3 +76,50 @@ class Unavailable(LedgerError):
 
     status = 503
     title = "Service unavailable"
+
+
+class DatabaseFault(Unavailable):
+    """A database fault a retry may clear; answered with ``Retry-After`` (docs/reliability.md,
+    "Connection faults"). Nothing of the driver's message reaches the problem document."""
+
+    retry_after_seconds: ClassVar[int] = 1
+
+
+class PoolExhausted(DatabaseFault):
+    """Every pooled connection stayed busy for the whole pool timeout; nothing was applied."""
+
+    title = "All database connections are busy"
+
+
+class LockTimeout(DatabaseFault):
+    """A lock wait outlasted ``lock_timeout`` (SQLSTATE 55P03); the transaction rolled back."""
+
+    title = "A lock wait timed out"
+
+
+class DatabaseBusy(DatabaseFault):
+    """A deadlock or serialization failure (SQLSTATE 40P01, 40001); the transaction rolled back."""
+
+    title = "The database refused the transaction under contention"
+
+
+class StatementTimeout(DatabaseFault):
+    """A statement outlasted ``statement_timeout`` (SQLSTATE 57014); the transaction rolled
+    back."""
+
+    status = 504
+    title = "A database statement timed out"
+
+
+class DatabaseUnavailable(DatabaseFault):
+    """The database could not be reached, or the connection was lost before COMMIT was sent:
+    the transaction rolled back."""
+
+    title = "The database is unavailable"
+
+
+class OutcomeUnknown(DatabaseFault):
+    """The connection was lost while COMMIT was in flight: the transaction may or may not have
+    committed. A retry with the same request_id returns the first result if it did."""
+
+    title = "Outcome unknown: the connection was lost during commit"

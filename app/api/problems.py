@@ -9,11 +9,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
-from app.errors import PROBLEM_BASE, LedgerError
+from app.db.engine import database_fault
+from app.errors import PROBLEM_BASE, DatabaseFault, LedgerError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -43,7 +44,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(LedgerError)
     async def ledger_error(request: Request, error: LedgerError) -> JSONResponse:
-        return problem_response(error.problem(instance=request.url.path))
+        return _ledger_problem(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -86,40 +87,42 @@ def install(app: FastAPI) -> None:
             headers=getattr(error, "headers", None),
         )
 
+    # Pool exhaustion, timeouts and lost connections: 503/504 naming the cause, with
+    # Retry-After, never a 500 (docs/reliability.md, "Connection faults").
     @app.exception_handler(PoolTimeout)
     async def pool_exhausted(request: Request, error: PoolTimeout) -> JSONResponse:
-        return problem_response(
-            {
-                "type": PROBLEM_BASE + "unavailable",
-                "title": "Service unavailable",
-                "status": 503,
-                "detail": "all database connections are busy; retry shortly",
-                "instance": request.url.path,
-            },
-            headers={"Retry-After": "1"},
-        )
-
-    @app.exception_handler(OperationalError)
-    async def database_busy(request: Request, error: OperationalError) -> JSONResponse:
-        log.warning("database unavailable on %s: %s", request.url.path, error.orig)
-        return problem_response(
-            {
-                "type": PROBLEM_BASE + "unavailable",
-                "title": "Service unavailable",
-                "status": 503,
-                "detail": "the database is busy or unreachable; retry with the same request_id",
-                "instance": request.url.path,
-            },
-            headers={"Retry-After": "1"},
-        )
+        return _database_problem(request, error)
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, error: DBAPIError) -> JSONResponse:
-        return _internal(request, error)
+        return _database_problem(request, error)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         return _internal(request, error)
+
+
+def _ledger_problem(request: Request, error: LedgerError) -> JSONResponse:
+    headers = None
+    if isinstance(error, DatabaseFault):
+        headers = {"Retry-After": str(error.retry_after_seconds)}
+    return problem_response(error.problem(instance=request.url.path), headers=headers)
+
+
+def _database_problem(request: Request, error: Exception) -> JSONResponse:
+    """A driver or pool error as the database fault it amounts to, else a 500."""
+    fault = database_fault(error)
+    if fault is None:
+        return _internal(request, error)
+    # The driver's message is logged (without bound values: hide_parameters), never returned.
+    log.warning(
+        "%s on %s %s: %s",
+        fault.problem_type().rsplit("/", 1)[-1],
+        request.method,
+        request.url.path,
+        getattr(error, "orig", None) or type(error).__name__,
+    )
+    return _ledger_problem(request, fault)
 
 
 def _internal(request: Request, error: Exception) -> JSONResponse:

@@ -159,6 +159,12 @@ _BY_CONDITION: dict[str, type[LedgerError]] = {
     "invalid-input": InvalidInput,
     "invalid-usage": InvalidInput,
     "unavailable": Unavailable,
+    "pool-exhausted": Unavailable,
+    "lock-timeout": Unavailable,
+    "database-busy": Unavailable,
+    "database-unavailable": Unavailable,
+    "outcome-unknown": Unavailable,
+    "statement-timeout": Unavailable,
     "unauthorized": Unauthorized,
     "forbidden": Forbidden,
 }
