@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -12,6 +13,7 @@ from app.alerts import router as alerts_router
 from app.alerts.delivery import DeliveryWorker
 from app.api import health, limits, problems
 from app.audit.checkpointer import Checkpointer
+from app.auth import service as auth
 from app.budgets import router as budgets_router
 from app.budgets.sweeper import Sweeper
 from app.config import Settings
@@ -35,6 +37,8 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
         folder = Folder(engine, settings.rollup_fold_seconds) if sweep else None
         deliverer = DeliveryWorker(engine) if sweep else None
         checkpointer = Checkpointer(engine) if sweep else None
+        revocations = auth.RevocationListener(engine, app.state.verified_keys)
+        revocations.start()
         for worker in (sweeper, folder, deliverer, checkpointer):
             if worker is not None:
                 worker.start()
@@ -44,6 +48,8 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
             for worker in (sweeper, folder, deliverer, checkpointer):
                 if worker is not None:
                     worker.stop()
+            revocations.stop()
+            app.state.transactions.shutdown(wait=False)
 
     app = FastAPI(
         title="usage-ledger",
@@ -53,6 +59,13 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
     )
     app.state.engine = engine
     app.state.settings = settings
+    # Remembers verified keys only while its listener hears revocations (lifespan).
+    app.state.verified_keys = auth.VerifiedKeys(listening=False)
+    # The hot routes' transactions run here: a plain executor's hand-off costs less than
+    # half of anyio's (docs/benchmarks.md); one thread per pooled connection and a few over.
+    app.state.transactions = ThreadPoolExecutor(
+        max_workers=settings.pool_size + 4, thread_name_prefix="transaction"
+    )
     base = load_table(prices_path=settings.prices_path, prices_url=settings.prices_url)
     app.state.prices = PriceBook(base, engine)
     problems.install(app)

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
 from app.auth import service as auth
 from app.auth.service import Forbidden, Principal, Unauthorized
 from app.errors import InvalidInput
+from app.overrides.service import PriceBook
 from app.pricing.table import PriceTable
 
 INSECURE = Principal(key_id="insecure-no-auth", scope="admin", org=None)
 
 
-def engine(request: Request) -> Engine:
+# The dependencies below are ``async`` and touch no database on their usual path, so FastAPI
+# runs them on the event loop: a sync dependency costs a hand-off to a worker thread and back
+# per call, which was a fifth of the server's CPU on the hot path (docs/benchmarks.md).
+
+
+async def engine(request: Request) -> Engine:
     result: Engine = request.app.state.engine
     return result
 
@@ -27,23 +34,47 @@ def prices(request: Request) -> PriceTable:
     return table
 
 
-def principal(
+async def price_book(request: Request) -> PriceBook:
+    """The price book; call ``.table()`` on it from a worker thread (it may query the
+    database for new overrides)."""
+    book: PriceBook = request.app.state.prices
+    return book
+
+
+async def principal(
     request: Request,
     authorization: Annotated[str | None, Header(description="Bearer API key")] = None,
 ) -> Principal:
-    """The caller, from ``Authorization: Bearer <key>`` (or everyone with --insecure-no-auth)."""
+    """The caller, from ``Authorization: Bearer <key>`` (or everyone with --insecure-no-auth).
+
+    A key verified in the last few seconds is taken from the app's ``VerifiedKeys`` without a
+    database round trip; otherwise it is looked up in a worker thread.
+    """
     if request.app.state.settings.insecure_no_auth:
         caller = INSECURE
     else:
         if not authorization:
             raise Unauthorized("an API key is required: Authorization: Bearer <key>")
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthorized("the Authorization header must be: Bearer <key>")
-        with engine(request).connect() as conn:
-            caller = auth.authenticate(conn, token.strip())
+        verified: auth.VerifiedKeys = request.app.state.verified_keys
+        token_hash = verified.token_hash(token)
+        cached = verified.get(token_hash)
+        if cached is None:
+            verified_at, generation = verified.now(), verified.generation
+            caller = await run_in_threadpool(_authenticate, request.app.state.engine, token)
+            verified.put(token_hash, caller, verified_at=verified_at, generation=generation)
+        else:
+            caller = cached
     _refuse_unstorable_parameters(request)
     return caller
+
+
+def _authenticate(engine: Engine, token: str) -> Principal:
+    with engine.connect() as conn:
+        return auth.authenticate(conn, token)
 
 
 def _refuse_unstorable_parameters(request: Request) -> None:
@@ -54,10 +85,10 @@ def _refuse_unstorable_parameters(request: Request) -> None:
             raise InvalidInput(f"{name} must not contain a NUL character", field=name)
 
 
-def require(scope: str) -> Callable[[Principal], Principal]:
+def require(scope: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
     """A dependency admitting keys of ``scope`` (admin keys are admitted everywhere)."""
 
-    def check(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+    async def check(caller: Annotated[Principal, Depends(principal)]) -> Principal:
         if not caller.allows(scope):
             raise Forbidden(
                 f"this endpoint needs a {scope} key; this key's scope is {caller.scope}",
@@ -74,6 +105,7 @@ Admin = Annotated[Principal, Depends(require("admin"))]
 Caller = Annotated[Principal, Depends(principal)]
 Db = Annotated[Engine, Depends(engine)]
 Prices = Annotated[PriceTable, Depends(prices)]
+Book = Annotated[PriceBook, Depends(price_book)]
 
 
 def write_org(caller: Principal, org: str | None) -> str:

@@ -3,17 +3,21 @@ quotes."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from app.api.deps import Caller, Db, Gateway, Prices, read_org, write_org
+from app.api.deps import Book, Caller, Db, Gateway, Prices, read_org, write_org
 from app.api.schemas import (
     CancelIn,
     CommitIn,
@@ -34,11 +38,13 @@ from app.budgets.router import ERRORS
 from app.errors import PROBLEM_BASE, InvalidInput, LedgerError
 from app.gateway import service
 from app.money import format_usd, parse_usd
+from app.overrides.service import PriceBook
 from app.pricing import service as pricing
 from app.pricing.errors import UnknownModel
 from app.pricing.table import PriceTable
 
 router = APIRouter(prefix="/v1", tags=["gateway"])
+_T = TypeVar("_T")
 
 BUDGET_ERRORS: dict[int | str, dict[str, str]] = {
     **ERRORS,
@@ -115,17 +121,36 @@ def _name_the_message(body: CommitIn, error: InvalidInput) -> None:
         error.fields["field"] = f"messages[0].{field}"
 
 
-def _reservation_org(engine: Db, caller: Principal, reservation_id: UUID, org: str | None) -> str:
-    """The reservation's org, as far as this key may see it (404 otherwise)."""
+def _reservation_org(
+    engine: Engine, caller: Principal, reservation_id: UUID, org: str | None
+) -> str:
+    """The org of the reservation a call names, as far as this key may see it.
+
+    A confined key, or a body naming the org, says it without a query: the service's own read
+    of the reservation in that org then answers 404 for one this key may not see. Only an
+    unconfined key without ``org`` costs a lookup (404 when there is no such reservation).
+    """
+    known = read_org(caller, org)
+    if known is not None:
+        return known
     with engine.connect() as conn:
-        row = queries.find_reservation(
-            conn, reservation_id=reservation_id, org=read_org(caller, org)
-        )
+        row = queries.find_reservation(conn, reservation_id=reservation_id, org=None)
     if row is None:
         raise ReservationNotFound(
             f"no reservation {reservation_id}", reservation_id=str(reservation_id)
         )
     return str(row.org)
+
+
+async def _in_transaction_thread(
+    request: Request, function: Callable[..., _T], *arguments: Any
+) -> _T:
+    """``function(*arguments)`` on the app's transaction threads (blocking database work must
+    not run on the event loop)."""
+    executor: Executor = request.app.state.transactions
+    return await asyncio.get_running_loop().run_in_executor(
+        executor, functools.partial(function, *arguments)
+    )
 
 
 def _body(request_body: Any) -> Any:
@@ -138,8 +163,8 @@ def _body(request_body: Any) -> Any:
     response_model=ReservationOut,
     responses=BUDGET_ERRORS,
 )
-def create_reservation(
-    body: ReservationCreate, caller: Gateway, engine: Db, table: Prices, request: Request
+async def create_reservation(
+    body: ReservationCreate, caller: Gateway, engine: Db, book: Book, request: Request
 ) -> ReservationOut:
     """Hold a stated amount, or a request's worst case, against every budget of the subjects.
 
@@ -150,8 +175,18 @@ def create_reservation(
     if body.amount_usd is not None and body.request is not None:
         raise InvalidInput("give amount_usd or request, not both", field="amount_usd")
     ttl = body.ttl_seconds or request.app.state.settings.default_hold_ttl_seconds
+    # The route is async and hands the database work to a worker thread once: a sync route
+    # would cost a second hand-off to validate the response model (docs/benchmarks.md).
+    reservation = await _in_transaction_thread(request, _reserve, engine, book, org, body, ttl)
+    return _reservation_out(reservation)
+
+
+def _reserve(
+    engine: Engine, book: PriceBook, org: str, body: ReservationCreate, ttl: int
+) -> Reservation:
+    table = book.table()
     with engine.begin() as conn:
-        reservation = service.reserve(
+        return service.reserve(
             conn,
             table,
             org=org,
@@ -166,7 +201,6 @@ def create_reservation(
             metadata=body.metadata,
             idempotency_content=_body(body),
         )
-    return _reservation_out(reservation)
 
 
 @router.get(
@@ -198,17 +232,32 @@ def get_reservation(reservation_id: UUID, caller: Caller, engine: Db) -> Reserva
     response_model=SettlementOut,
     responses={**BUDGET_ERRORS, 404: {"description": "No such reservation"}},
 )
-def commit_reservation(
-    reservation_id: UUID, body: CommitIn, caller: Gateway, engine: Db, table: Prices
+async def commit_reservation(
+    reservation_id: UUID,
+    body: CommitIn,
+    caller: Gateway,
+    engine: Db,
+    book: Book,
+    request: Request,
 ) -> SettlementOut:
     """Charge the actual cost of the request, priced exactly from its usage, and release the
     hold; one usage record per message. Over the hold: charged and `overrun`; after expiry:
     charged and `late`."""
+    settlement = await _in_transaction_thread(
+        request, _commit, engine, book, caller, reservation_id, body
+    )
+    return _settlement_out(settlement)
+
+
+def _commit(
+    engine: Engine, book: PriceBook, caller: Principal, reservation_id: UUID, body: CommitIn
+) -> Settlement:
     org = _reservation_org(engine, caller, reservation_id, body.org)
     messages = _messages(body)
+    table = book.table()
     try:
         with engine.begin() as conn:
-            settlement = service.commit(
+            return service.commit(
                 conn,
                 table,
                 org=org,
@@ -223,7 +272,6 @@ def commit_reservation(
     except InvalidInput as error:
         _name_the_message(body, error)
         raise
-    return _settlement_out(settlement)
 
 
 @router.post(
@@ -304,8 +352,9 @@ def record_usage(body: UsageIn, caller: Gateway, engine: Db, table: Prices) -> S
 
 
 # Errors a record's own transaction may hit that a retry with the same request_id can clear:
-# lock_not_available (lock_timeout), deadlock_detected, serialization_failure.
-_TRANSIENT_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
+# lock_not_available (lock_timeout), deadlock_detected, serialization_failure, query_canceled
+# (statement_timeout): the record is refused alone, the rest of the batch goes on.
+_TRANSIENT_SQLSTATES = frozenset({"55P03", "40P01", "40001", "57014"})
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from app.budgets import holds, queries
 from app.budgets import service as budgets
 from app.budgets.errors import BudgetExceeded, ReservationNotFound
 from app.budgets.model import BudgetStatus, Reservation, Settlement, Subject
-from app.errors import InvalidInput
+from app.errors import InvalidInput, LedgerError
 from app.ledger import idempotency
 from app.ledger.records import UsageRecord
 from app.pricing import service as pricing
@@ -82,7 +82,13 @@ def _tightest_hard_budget(
 
 
 def _previous(conn: Connection, *, org: str, operation: str, key: str, content: Any) -> Any:
-    """The stored response of a retried call (the same content), before any pricing work."""
+    """The stored response of an earlier call with ``key`` and the same content, if any.
+
+    Looked up only when pricing a call failed: a retry whose pricing succeeds is answered by
+    the claim of its idempotency key in ``app.budgets.holds`` (its conflict path returns the
+    stored response), so the usual call saves this round trip; a retry whose pricing fails
+    (a price or an override removed since) still gets the first result back.
+    """
     if content is None:
         return None
     return idempotency.lookup(
@@ -133,6 +139,47 @@ def _clamped_estimate(
     )
 
 
+def _estimate(
+    conn: Connection,
+    table: PriceTable,
+    *,
+    org: str,
+    subjects: Sequence[Subject],
+    request: Mapping[str, Any] | None,
+    model: str | None,
+    provider: str | None,
+    fit: str,
+    now: datetime,
+) -> tuple[int, dict[str, Any]]:
+    """The amount to hold for ``request``'s worst case (clamped with ``fit="clamp"``), and
+    the details returned with the reservation."""
+    if request is None:
+        raise InvalidInput("give amount_usd, or a request body to estimate", field="amount_usd")
+    if not model:
+        raise InvalidInput("model is required to estimate a request", field="model")
+    estimate = pricing.worst_case(
+        table, model=model, provider=provider, request=request, billing_time=now
+    )
+    if fit == "clamp":
+        tightest = _tightest_hard_budget(conn, org=org, subjects=subjects, at=now)
+        if tightest is not None and estimate.amount_pico_usd > tightest.remaining_pico_usd:
+            estimate = _clamped_estimate(
+                table,
+                model=model,
+                provider=provider,
+                request=request,
+                at=now,
+                available=max(tightest.remaining_pico_usd, 0),
+                status=tightest,
+                wanted=estimate,
+            )
+    details = {
+        "max_output_tokens": estimate.max_output_tokens,
+        "estimate": pricing.estimate_to_json(estimate),
+    }
+    return estimate.amount_pico_usd, details
+
+
 def reserve(
     conn: Connection,
     table: PriceTable,
@@ -152,37 +199,28 @@ def reserve(
     """Reserve a stated amount, or the worst case of ``request``; with ``fit="clamp"`` reserve
     what fits a hard budget and return the output cap that keeps the request within it."""
     content = idempotency_content
-    previous = _previous(conn, org=org, operation="reserve", key=request_id, content=content)
-    if previous is not None:
-        return holds.reservation_from_json(previous)
     now = datetime.now(UTC)
     details: dict[str, Any] = {}
     if amount_pico_usd is None:
-        if request is None:
-            raise InvalidInput("give amount_usd, or a request body to estimate", field="amount_usd")
-        if not model:
-            raise InvalidInput("model is required to estimate a request", field="model")
-        estimate = pricing.worst_case(
-            table, model=model, provider=provider, request=request, billing_time=now
-        )
-        if fit == "clamp":
-            tightest = _tightest_hard_budget(conn, org=org, subjects=subjects, at=now)
-            if tightest is not None and estimate.amount_pico_usd > tightest.remaining_pico_usd:
-                estimate = _clamped_estimate(
-                    table,
-                    model=model,
-                    provider=provider,
-                    request=request,
-                    at=now,
-                    available=max(tightest.remaining_pico_usd, 0),
-                    status=tightest,
-                    wanted=estimate,
-                )
-        amount_pico_usd = estimate.amount_pico_usd
-        details = {
-            "max_output_tokens": estimate.max_output_tokens,
-            "estimate": pricing.estimate_to_json(estimate),
-        }
+        try:
+            amount_pico_usd, details = _estimate(
+                conn,
+                table,
+                org=org,
+                subjects=subjects,
+                request=request,
+                model=model,
+                provider=provider,
+                fit=fit,
+                now=now,
+            )
+        except LedgerError:
+            previous = _previous(
+                conn, org=org, operation="reserve", key=request_id, content=content
+            )
+            if previous is not None:
+                return holds.reservation_from_json(previous)
+            raise
     return holds.reserve(
         conn,
         org=org,
@@ -263,24 +301,28 @@ def commit(
     idempotency_content: Any = None,
 ) -> Settlement:
     """Price each message's usage and commit the reservation with the exact total."""
-    previous = _previous(
-        conn, org=org, operation="commit", key=str(reservation_id), content=idempotency_content
-    )
-    if previous is not None:
-        return holds.settlement_from_json(previous)
     row = queries.find_reservation(conn, reservation_id=reservation_id, org=org)
     if row is None:
         raise ReservationNotFound(
             f"no reservation {reservation_id}", reservation_id=str(reservation_id)
         )
-    records, quotes = _price_messages(
-        table,
-        messages,
-        model=model or row.model,
-        provider=provider or row.provider,
-        billing_time=billing_time,
-        metadata={**row.metadata, **(metadata or {})},
-    )
+    try:
+        records, quotes = _price_messages(
+            table,
+            messages,
+            model=model or row.model,
+            provider=provider or row.provider,
+            billing_time=billing_time,
+            metadata={**row.metadata, **(metadata or {})},
+        )
+    except LedgerError:
+        key = str(reservation_id)
+        previous = _previous(
+            conn, org=org, operation="commit", key=key, content=idempotency_content
+        )
+        if previous is not None:
+            return holds.settlement_from_json(previous)
+        raise
     return holds.commit_reservation(
         conn,
         org=org,
@@ -307,19 +349,22 @@ def record_usage(
     idempotency_content: Any = None,
 ) -> Settlement:
     """Price a completed request's usage and charge it without a reservation."""
-    previous = _previous(
-        conn, org=org, operation="usage", key=request_id, content=idempotency_content
-    )
-    if previous is not None:
-        return holds.settlement_from_json(previous)
-    records, quotes = _price_messages(
-        table,
-        messages,
-        model=model,
-        provider=provider,
-        billing_time=billing_time,
-        metadata=metadata or {},
-    )
+    try:
+        records, quotes = _price_messages(
+            table,
+            messages,
+            model=model,
+            provider=provider,
+            billing_time=billing_time,
+            metadata=metadata or {},
+        )
+    except LedgerError:
+        previous = _previous(
+            conn, org=org, operation="usage", key=request_id, content=idempotency_content
+        )
+        if previous is not None:
+            return holds.settlement_from_json(previous)
+        raise
     return holds.record_usage(
         conn,
         org=org,
