@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 RUNTIME := $(VENV)/.installed-runtime
 
-.PHONY: install serve test check lint typecheck bench-pricing bench-reports bench-ledger bench-batch clean
+.PHONY: install serve test check lint typecheck bench-pricing bench-reports bench-ledger bench-batch bench-replay bench-storage soak crash clean
 
 # serve needs the service alone; tests and checks add the dev extra (pytest, playwright, the
 # real litellm proxy for the plug-in's tests, ...).
@@ -47,6 +47,24 @@ bench-ledger: $(STAMP)
 
 bench-batch: $(STAMP)
 	$(BIN)/python bench/usage_batch.py $(ARGS)
+
+# Kills the server and restarts a private PostgreSQL of its own mid-load (docs/reliability.md).
+crash: $(STAMP)
+	$(BIN)/pytest -q -m crash tests/crash $(PYTEST_ARGS)
+
+# Bytes per event, request and rollup row (docs/scaling.md): a fresh load through the service
+# in its own database (ul_scaling_storage). ARGS="measure --database NAME" only reads NAME.
+bench-storage: $(STAMP)
+	$(BIN)/python bench/storage.py $(or $(ARGS),load)
+
+# 10M events in ul_bench_replay (ARGS=--reuse to time the replay again without loading).
+bench-replay: $(STAMP)
+	$(BIN)/python bench/replay.py $(ARGS)
+
+# Mixed traffic for 10 minutes (ARGS="--seconds 60 --rate 20"), then the balance check
+# (docs/reliability.md, "Soak"); exits 1 if the books do not balance.
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

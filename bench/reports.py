@@ -667,7 +667,7 @@ def fold(engine: Engine) -> tuple[int, float]:
 def rollup_counts(url: str) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     with psycopg.connect(plain(url)) as conn:
-        for table in ("rollup_hourly", "rollup_daily"):
+        for table in ("rollup_hourly", "rollup_daily", *rollups.SUBJECT_TABLES):
             rows = conn.execute(
                 f"SELECT CASE WHEN subject_type <> '' THEN 'subject'"
                 f" WHEN tag <> '' THEN 'tag' ELSE 'all' END, count(*) FROM {table} GROUP BY 1"
@@ -735,6 +735,7 @@ class Result:
     rows: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     sql_ms: list[float] = field(default_factory=list)
+    in_process_ms: list[float] = field(default_factory=list)
     raw_ms: list[float] = field(default_factory=list)
     exact: bool = False
     detail: str = ""
@@ -940,18 +941,42 @@ def report_cases(to: datetime) -> list[ReportCase]:
     return cases
 
 
-def time_sql(engine: Engine, case: ReportCase, repeats: int) -> tuple[list[float], str]:
-    """The report's own statement run directly (no HTTP, no JSON), and its EXPLAIN ANALYZE."""
+def time_sql(
+    engine: Engine, case: ReportCase, repeats: int
+) -> tuple[list[float], list[float], str]:
+    """In-process, as the route runs it (a REPEATABLE READ transaction): the whole service
+    call ``spend_json`` (watermark, statement, JSON text), the report's JSON statement alone,
+    and its EXPLAIN ANALYZE."""
     query = reports.validate(case.query)
-    statement, params = reports._statement(query)
-    timings = []
-    with engine.connect() as conn:
+    in_process, alone = [], []
+    plan_text = ""
+    for _ in range(repeats):
+        with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+            began = time.perf_counter()
+            reports.spend_json(conn, query)
+            in_process.append((time.perf_counter() - began) * 1000)
+            conn.rollback()
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        snapshot = reports._prepare(conn)
+        statement, params = reports._json_statement(
+            query, snapshot, order_by_cost=False, limit=None
+        )
         for _ in range(repeats):
             began = time.perf_counter()
             conn.execute(text(statement), params).fetchall()
-            timings.append((time.perf_counter() - began) * 1000)
+            alone.append((time.perf_counter() - began) * 1000)
         plan = conn.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + statement), params)
-    return timings, "\n".join(str(line) for line in plan.scalars())
+        plan_text = "\n".join(str(line) for line in plan.scalars())
+        conn.rollback()
+    return in_process, alone, plan_text
+
+
+def explain_ms(plan: str) -> float | None:
+    """The execution time EXPLAIN ANALYZE reported."""
+    for line in plan.splitlines():
+        if line.startswith("Execution Time:"):
+            return float(line.split()[2])
+    return None
 
 
 def status_path(client: httpx.Client) -> str:
@@ -992,6 +1017,10 @@ def busiest_budget(url: str, at: datetime) -> tuple[UUID, Subject]:
 def measure(url: str, meta: dict[str, Any], args: argparse.Namespace) -> list[Result]:
     anchor = datetime.fromisoformat(meta["anchor"])
     to = anchor.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    # The default windows end at the hour after the load; --end-hours-earlier moves them, e.g.
+    # to make both ends partial days when the load happened to end just before midnight.
+    to -= timedelta(hours=args.end_hours_earlier)
+    print(f"windows end at {to.isoformat()}", flush=True)
     catch_up(url)
     engine = make_engine(url)
     owner = make_engine(url, app_role=False)
@@ -1015,7 +1044,9 @@ def measure(url: str, meta: dict[str, Any], args: argparse.Namespace) -> list[Re
                 )
                 result.load_average = os.getloadavg()[0]
                 result.rows = len(body["rows"])
-                result.sql_ms, result.explain = time_sql(engine, case, args.sql_repeats)
+                result.in_process_ms, result.sql_ms, result.explain = time_sql(
+                    engine, case, args.sql_repeats
+                )
                 params = {"org": ORG, "start": case.query.start, "end": case.query.end,
                           "tz": case.tz}  # fmt: skip
                 result.raw_ms, raw_rows = time_raw(raw_conn, case.raw_sql, params, args.raw_repeats)
@@ -1055,7 +1086,13 @@ def measure(url: str, meta: dict[str, Any], args: argparse.Namespace) -> list[Re
 
 
 def print_result(result: Result) -> None:
-    sql = f", sql p50 {statistics.median(result.sql_ms):.1f} ms" if result.sql_ms else ""
+    sql = ""
+    if result.sql_ms:
+        sql = (
+            f", in-process p50 {statistics.median(result.in_process_ms):.1f} ms,"
+            f" sql p50 {statistics.median(result.sql_ms):.1f} ms,"
+            f" explain analyze {explain_ms(result.explain) or 0:.1f} ms"
+        )
     print(
         f"{result.name}: {result.rows:,} rows, p50 {result.p50:.1f} ms, p95 {result.p95:.1f} ms,"
         f" max {max(result.latencies_ms):.1f} ms{sql}; raw p50 {result.raw_p50:,.0f} ms"
@@ -1067,14 +1104,18 @@ def print_result(result: Result) -> None:
 
 def print_table(results: list[Result]) -> None:
     print()
-    print("| report | rows | p50 ms | p95 ms | max ms | SQL alone p50 ms | raw GROUP BY p50 ms"
+    print("| report | rows | p50 ms | p95 ms | max ms | in-process p50 ms | SQL alone p50 ms"
+          " | EXPLAIN ANALYZE ms | raw GROUP BY p50 ms"
           " | raw/report (p50) | raw p50 / report p95 | exact | load avg | goal |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |")
+    print("| --- " + "| ---: " * 10 + "| --- | ---: | --- |")
     for r in results:
         sql = f"{statistics.median(r.sql_ms):.1f}" if r.sql_ms else "-"
+        in_process = f"{statistics.median(r.in_process_ms):.1f}" if r.in_process_ms else "-"
+        explained = explain_ms(r.explain)
+        plan = f"{explained:.1f}" if explained is not None else "-"
         print(
             f"| {r.name} | {r.rows:,} | {r.p50:.1f} | {r.p95:.1f} | {max(r.latencies_ms):.1f}"
-            f" | {sql} | {r.raw_p50:,.0f} | {r.raw_p50 / r.p50:,.0f}x"
+            f" | {in_process} | {sql} | {plan} | {r.raw_p50:,.0f} | {r.raw_p50 / r.p50:,.0f}x"
             f" | {r.raw_p50 / r.p95:,.0f}x | {'yes' if r.exact else 'NO'}"
             f" | {r.load_average:.1f} | {'met' if r.met else 'MISSED'} |"
         )
@@ -1146,6 +1187,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--raw-repeats", type=int, default=3)
     parser.add_argument("--sql-repeats", type=int, default=10)
+    parser.add_argument(
+        "--end-hours-earlier", type=int, default=0, help="end the report windows N hours earlier"
+    )
     parser.add_argument(
         "--verify", action="store_true", help="after loading, replay --verify (small runs)"
     )
@@ -1224,7 +1268,7 @@ def load_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
             f" ({folded / fold_seconds:,.0f} events/s, fold_all with its default batch of 50,000)",
             flush=True,
         )
-        vacuum(url, "rollup_hourly, rollup_daily")
+        vacuum(url, ", ".join(["rollup_hourly", "rollup_daily", *rollups.SUBJECT_TABLES]))
         counts = rollup_counts(url)
         for table, grains in counts.items():
             shown = ", ".join(f"{g} {n:,}" for g, n in sorted(grains.items()))

@@ -43,28 +43,24 @@ import math
 import os
 import platform
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from _server import create_database, drop_database, serve  # noqa: E402
 
 ORG = "bench-batch"
 LIMIT_USD = "1000000000"
@@ -82,26 +78,6 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Database, budgets, keys, server.
-
-
-def database_url(server: str, name: str) -> str:
-    parts = urlsplit(server)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-
-
-def create_database(server: str, name: str) -> str:
-    with psycopg.connect(database_url(server, "postgres"), autocommit=True) as conn:
-        ident = sql.Identifier(name)
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-    return database_url(server, name)
-
-
-def drop_database(server: str, name: str) -> None:
-    with psycopg.connect(database_url(server, "postgres"), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
 
 
 def subjects_for(k: int, teams: int, scenario: str) -> list[dict[str, str]]:
@@ -171,54 +147,6 @@ def settle(url: str, timeout_s: float = 300.0) -> float:
             "VACUUM (ANALYZE) budgets, budget_periods, idempotency_keys, ledger_events, api_keys"
         )
     return time.monotonic() - began
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def server(url: str, log_path: Path) -> Iterator[str]:
-    """``usage-ledger serve`` on a free port (its defaults otherwise); yields its base URL."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("USAGE_LEDGER_")}
-    env.pop("DATABASE_URL", None)
-    command = [
-        str(Path(sys.executable).parent / "usage-ledger"),
-        "serve",
-        "--database-url",
-        url,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"usage-ledger serve exited; see {log_path}")
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"usage-ledger serve did not become ready; see {log_path}")
-                time.sleep(0.25)
-            yield base
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         gateway, reader = prepare(url, keys=args.keys, teams=args.teams)
         with (
             tempfile.TemporaryDirectory(prefix="bench-batch-") as workdir,
-            server(url, Path(workdir) / "serve.log") as base,
+            serve(url, Path(workdir) / "serve.log") as srv,
         ):
+            base = srv.base
             warmup = Cell("batch", 10, 1)
             asyncio.run(run_cell(warmup, base, gateway, _warmup_args(args), seed=0))
             print(

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TextIO
+
+from sqlalchemy import Connection, text
 
 from app.alerts.replay import verify_alerts
 from app.budgets import replay, sweeper
+from app.budgets.replay import Difference
 from app.cli.common import open_database
 from app.config import Settings, add_database_arguments
 from app.db import migrate
@@ -27,6 +33,61 @@ def _migrate(ns: argparse.Namespace) -> int:
     return 0
 
 
+class ProgressBar:
+    """Events done of the total, rate and ETA on one stderr line, redrawn at most 4 times a
+    second (the total is the planner's estimate, so the bar ends where the count does)."""
+
+    def __init__(self, stream: TextIO, *, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.started = time.monotonic()
+        self.drawn = 0.0  # money-safe: progress timing
+        self.total = 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+        self.started = time.monotonic()
+        self.update(0, force=True)
+
+    def update(self, done: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.drawn < 0.25:  # money-safe: progress timing
+            return
+        self.drawn = now
+        elapsed = now - self.started
+        total = max(self.total, done, 1)
+        filled = self.width * done // total
+        rate = done / elapsed if elapsed > 0 else 0.0  # money-safe: progress timing
+        eta = f"{(total - done) / rate:,.0f} s" if rate > 0 else "?"
+        self.stream.write(
+            f"\rreplay [{'#' * filled}{'.' * (self.width - filled)}] {done:,}/{total:,} events"
+            f"  {rate:,.0f}/s  ETA {eta}   "
+        )
+        self.stream.flush()
+
+    def note(self, text: str) -> None:
+        self.stream.write(f"\n{text}")
+        self.stream.flush()
+
+
+Seconds = float  # money-safe: wall-clock seconds
+_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
+
+
+def _check_reports(conn: Connection, snapshot: str) -> tuple[list[Difference], Seconds]:
+    """The rollups and alerts checks, in the replay's snapshot, on a connection of their own:
+    they run while the budget projections are rebuilt (each a PostgreSQL backend, so the two
+    use two cores), and return their differences and seconds."""
+    started = time.monotonic()
+    if not _SNAPSHOT_ID.match(snapshot):
+        raise ValueError(f"unexpected snapshot id {snapshot!r}")
+    conn.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+    found = rollups.verify(conn)
+    found += verify_alerts(conn)
+    conn.rollback()
+    return found, time.monotonic() - started
+
+
 def _replay(ns: argparse.Namespace) -> int:
     if not ns.verify:
         print(
@@ -34,18 +95,33 @@ def _replay(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    bar = ProgressBar(sys.stderr) if ns.progress or sys.stderr.isatty() else None
+    started = time.monotonic()
     with (
         open_database(ns) as engine,
         engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn,
+        engine.connect().execution_options(isolation_level="REPEATABLE READ") as side,
+        ThreadPoolExecutor(max_workers=1) as pool,
     ):
-
-        def progress(count: int) -> None:
-            print(f"\rreplayed {count:,} events", end="", file=sys.stderr, flush=True)
-
-        report = replay.verify(conn, progress if sys.stderr.isatty() else None)
-        report.differences += rollups.verify(conn)
-        report.differences += verify_alerts(conn)
+        # One snapshot for both connections: the events and every projection are read as of
+        # the same instant, as if by one transaction.
+        snapshot = str(conn.execute(text("SELECT pg_export_snapshot()")).scalar_one())
+        reports = pool.submit(_check_reports, side, snapshot)
+        report = replay.verify(conn, bar)
+        budgets_seconds = time.monotonic() - started
+        if bar is not None:
+            bar.update(report.events, force=True)
+            bar.note(f"budgets, periods, reservations: {budgets_seconds:,.1f} s")
+            if not reports.done():
+                bar.note("waiting for the rollups and alerts check")
+        found, reports_seconds = reports.result()
+        report.differences += found
         conn.rollback()
+    if bar is not None:
+        bar.note(
+            f"rollups and alerts: {reports_seconds:,.1f} s (alongside);"
+            f" total {time.monotonic() - started:,.1f} s\n"
+        )
     print(f"replayed {report.events} events")
     for difference in report.differences:
         row: dict[str, Any] = {k: str(v) for k, v in difference.row.items()}
@@ -122,6 +198,11 @@ def register(subparsers: Any) -> None:
     )
     add_database_arguments(parser)
     parser.add_argument("--verify", action="store_true", help="Report differences; exit 1 on any.")
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="Draw the progress bar on stderr even when it is not a terminal.",
+    )
     parser.set_defaults(func=_replay)
 
     parser = subparsers.add_parser(

@@ -48,12 +48,18 @@ SUMS = (
     "reasoning_tokens",
 )
 TABLES = {"rollup_hourly": "hour", "rollup_daily": "day"}
+# Spend per bucket and subject alone (migration 0013): what reports grouped and filtered only
+# by subject read, instead of the subject grain's rows per model, provider, call type, endpoint.
+SUBJECT_TABLES = {"rollup_subject_hourly": "rollup_hourly", "rollup_subject_daily": "rollup_daily"}
+SUBJECT_KEYS = ("subject_type", "subject_id")
 
 
 def _fold_statement() -> str:
-    """Both rollups from one pass over the batch's facts: the hourly sums are computed once
-    (a CTE read twice is materialised once) and the daily ones are sums of them."""
+    """Every rollup from one pass over the batch's facts: the hourly sums are computed once
+    (a CTE read several times is materialised once) and the others are sums of them."""
     dimensions = ", ".join(DIMENSIONS)
+    subject = ", ".join(SUBJECT_KEYS)
+    sums = ", ".join(SUMS)
     summed = ", ".join(f"sum({s}) AS {s}" for s in SUMS)
 
     def added(table: str) -> str:
@@ -64,16 +70,30 @@ WITH hourly AS (
     SELECT org, date_trunc('hour', occurred_at, 'UTC') AS bucket, {dimensions}, {summed}
     FROM usage_facts_between(:lo, :hi)
     GROUP BY org, date_trunc('hour', occurred_at, 'UTC'), {dimensions}
+), subject_hourly AS (
+    SELECT org, bucket, {subject}, {summed} FROM hourly WHERE subject_type <> ''
+    GROUP BY org, bucket, {subject}
 ), into_hourly AS (
-    INSERT INTO rollup_hourly (org, bucket, {dimensions}, {", ".join(SUMS)})
-    SELECT org, bucket, {dimensions}, {", ".join(SUMS)} FROM hourly
+    INSERT INTO rollup_hourly (org, bucket, {dimensions}, {sums})
+    SELECT org, bucket, {dimensions}, {sums} FROM hourly
     ON CONFLICT ON CONSTRAINT pk_rollup_hourly DO UPDATE SET {added("rollup_hourly")}
+), into_daily AS (
+    INSERT INTO rollup_daily (org, bucket, {dimensions}, {sums})
+    SELECT org, date_trunc('day', bucket, 'UTC'), {dimensions}, {summed}
+    FROM hourly
+    GROUP BY org, date_trunc('day', bucket, 'UTC'), {dimensions}
+    ON CONFLICT ON CONSTRAINT pk_rollup_daily DO UPDATE SET {added("rollup_daily")}
+), into_subject_hourly AS (
+    INSERT INTO rollup_subject_hourly (org, bucket, {subject}, {sums})
+    SELECT org, bucket, {subject}, {sums} FROM subject_hourly
+    ON CONFLICT ON CONSTRAINT pk_rollup_subject_hourly
+    DO UPDATE SET {added("rollup_subject_hourly")}
 )
-INSERT INTO rollup_daily (org, bucket, {dimensions}, {", ".join(SUMS)})
-SELECT org, date_trunc('day', bucket, 'UTC'), {dimensions}, {summed}
-FROM hourly
-GROUP BY org, date_trunc('day', bucket, 'UTC'), {dimensions}
-ON CONFLICT ON CONSTRAINT pk_rollup_daily DO UPDATE SET {added("rollup_daily")}
+INSERT INTO rollup_subject_daily (org, bucket, {subject}, {sums})
+SELECT org, date_trunc('day', bucket, 'UTC'), {subject}, {summed}
+FROM subject_hourly
+GROUP BY org, date_trunc('day', bucket, 'UTC'), {subject}
+ON CONFLICT ON CONSTRAINT pk_rollup_subject_daily DO UPDATE SET {added("rollup_subject_daily")}
 """
 
 
@@ -191,42 +211,176 @@ def ensure_partitions(engine: Engine, *, months_ahead: int = 2) -> int:
         )
 
 
+# Per statement of the rollup check: the rebuild's hash aggregate over every fact and the hash
+# full joins of the comparison (3.2M hourly rows at 10M events) fit in memory instead of spilling.
+VERIFY_WORK_MEM = "128MB"
+_PRIMARY_KEY = ("org", "bucket", "subject_type", "subject_id", "tag", *DIMENSIONS[:4])
+_SUBJECT_PRIMARY_KEY = ("org", "bucket", *SUBJECT_KEYS)
+
+
+def _hourly_facts() -> str:
+    """The sums of ``usage_facts_between(0, :mark)`` per UTC hour and dimensions, computed as
+    the function does but cheaper: each event's values are read from its payload once (the
+    function's outer select reads them again for every fact row of the event), and the events
+    are summed per hour, dimensions and raw ``subjects``/``tags`` before the expansion into
+    subject and tag rows, which depends on nothing else. The raw values are grouped by their
+    text, not as jsonb, whose equality would merge ``1`` and ``1.0`` (different ids as text).
+    ``tests/reports/test_rollups.py`` pins it to the function on awkward payloads."""
+    dimensions = ", ".join(DIMENSIONS[:4])
+    summed = ", ".join(f"sum({s}) AS {s}" for s in SUMS)
+    return f"""
+WITH usage AS (
+    SELECT e.org, date_trunc('hour', e.occurred_at, 'UTC') AS bucket,
+           left(coalesce(e.payload->>'model', ''), 200) AS model,
+           left(coalesce(e.payload->>'provider', ''), 200) AS provider,
+           left(coalesce(e.payload->>'call_type', ''), 200) AS call_type,
+           left(coalesce(CASE WHEN jsonb_typeof(m.meta->'endpoint') = 'string'
+                              THEN m.meta->>'endpoint' END, ''), 200) AS endpoint,
+           (e.payload->'subjects')::text AS subjects, (m.meta->'tags')::text AS tags,
+           coalesce(e.amount_pico_usd, 0) AS cost_pico_usd,
+           CASE WHEN e.event_type = 'committed'
+                  OR coalesce((e.payload->>'message_index')::bigint, 0) = 0
+                THEN 1 ELSE 0 END::bigint AS requests,
+           CASE WHEN e.event_type = 'usage_recorded' THEN 1 ELSE 0 END::bigint AS messages,
+           coalesce((e.payload->>'prompt_tokens')::bigint, 0) AS prompt_tokens,
+           coalesce((e.payload->>'completion_tokens')::bigint, 0) AS completion_tokens,
+           coalesce((e.payload->>'cache_read_tokens')::bigint, 0) AS cache_read_tokens,
+           coalesce((e.payload->>'cache_creation_tokens')::bigint,
+                    (e.payload->>'cache_write_tokens')::bigint, 0) AS cache_write_tokens,
+           coalesce((e.payload->>'reasoning_tokens')::bigint, 0) AS reasoning_tokens
+    FROM ledger_events e
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN e.event_type = 'usage_recorded' THEN e.payload->'metadata' END AS meta
+    ) m
+    WHERE e.seq >= 0 AND e.seq < :mark
+      AND (e.event_type = 'usage_recorded'
+           OR (e.event_type = 'committed'
+               AND coalesce((e.payload->>'messages')::bigint, 0) = 0))
+    -- Not pulled up into the aggregate below, which would sort the whole payloads (1.2 KB
+    -- each, 3.6 GB spilled at 10M events) and read the sums from them after the sort.
+    OFFSET 0
+), grouped AS (
+    SELECT org, bucket, {dimensions}, subjects::jsonb AS subjects, tags::jsonb AS tags, {summed}
+    FROM usage GROUP BY org, bucket, {dimensions}, usage.subjects, usage.tags
+)
+SELECT u.org, u.bucket, {dimensions}, g.subject_type, g.subject_id, g.tag, {summed}
+FROM grouped u
+CROSS JOIN LATERAL (
+    SELECT '' AS subject_type, '' AS subject_id, '' AS tag
+    UNION ALL
+    SELECT DISTINCT left(s->>'type', 200), left(s->>'id', 200), ''
+    FROM jsonb_array_elements(CASE WHEN jsonb_typeof(u.subjects) = 'array'
+                                   THEN u.subjects ELSE '[]' END) s
+    WHERE coalesce(s->>'type', '') <> '' AND s->>'id' IS NOT NULL
+    UNION ALL
+    SELECT DISTINCT '', '', left(t, 200)
+    FROM jsonb_array_elements_text(
+        CASE jsonb_typeof(u.tags)
+            WHEN 'array' THEN u.tags
+            WHEN 'string' THEN jsonb_build_array(u.tags)
+            ELSE '[]' END) t
+    WHERE t <> ''
+) g
+GROUP BY u.org, u.bucket, {dimensions}, g.subject_type, g.subject_id, g.tag
+"""
+
+
+HOURLY_FACTS = _hourly_facts()
+
+
 def verify(conn: Connection) -> list[Difference]:
-    """Rebuild both rollups from every event below the watermark and list the rows that
-    differ from the live ones, both ways. Run it in a REPEATABLE READ transaction, so the
-    watermark, the rollups and the events are read from one snapshot."""
+    """Rebuild the rollups from every event below the watermark and list the rows that differ
+    from the live ones, both ways. Run it in a REPEATABLE READ transaction, so the watermark,
+    the rollups and the events are read from one snapshot."""
     mark = watermark(conn)
     cut = archive_cut(conn)
-    # Archived months are not in usage_facts_between's table; their rollups stay as they
-    # were. A day of margin covers events recorded just after the month they occurred in.
+    # Archived months are not in ledger_events (which usage_facts_between and HOURLY_FACTS
+    # read); their rollups stay as they were. A day of margin covers events recorded just after
+    # the month they occurred in.
     since = "TRUE" if cut is None else "bucket >= :since"
     params: dict[str, Any] = {"mark": mark}
     if cut is not None:
         params["since"] = cut + timedelta(days=1)
+    conn.execute(text(f"SET LOCAL work_mem = '{VERIFY_WORK_MEM}'"))
+    dimensions = ", ".join(DIMENSIONS)
+    summed = ", ".join(f"sum({s}) AS {s}" for s in SUMS)
+    # The facts are expanded once, into the hourly rebuild; the daily one is its sums per UTC
+    # day, as the fold makes it (sums of integers: exact in any grouping).
+    _rebuild(conn, "replay_rollup_hourly", HOURLY_FACTS, params)
+    _rebuild(
+        conn,
+        "replay_rollup_daily",
+        f"SELECT org, date_trunc('day', bucket, 'UTC') AS bucket, {dimensions}, {summed}"
+        f" FROM replay_rollup_hourly GROUP BY org, date_trunc('day', bucket, 'UTC'), {dimensions}",
+        params,
+    )
     found: list[Difference] = []
-    columns = ", ".join(["org", "bucket", *DIMENSIONS, *SUMS])
-    for table, unit in TABLES.items():
-        scratch = f"replay_{table}"
-        conn.execute(text(f"DROP TABLE IF EXISTS pg_temp.{scratch}"))
-        conn.execute(
-            text(
-                f"CREATE TEMP TABLE {scratch} ON COMMIT DROP AS"
-                f" SELECT org, date_trunc('{unit}', occurred_at, 'UTC') AS bucket,"
-                f" {', '.join(DIMENSIONS)}, {', '.join(f'sum({s}) AS {s}' for s in SUMS)}"
-                " FROM usage_facts_between(0, :mark)"
-                f" GROUP BY org, date_trunc('{unit}', occurred_at, 'UTC'), {', '.join(DIMENSIONS)}"
-            ),
-            params,
-        )
-        for side, first, second in (
-            ("live only", table, scratch),
-            ("rebuilt only", scratch, table),
-        ):
-            query = text(
-                f"SELECT {columns} FROM {first} WHERE {since}"
-                f" EXCEPT ALL SELECT {columns} FROM {second} WHERE {since} LIMIT 100"
+    for table in TABLES:
+        found += _compare(conn, table, f"replay_{table}", _PRIMARY_KEY, since, params)
+    found += _verify_subject_tables(conn, since, params)
+    return found
+
+
+def _rebuild(conn: Connection, scratch: str, query: str, params: dict[str, Any]) -> None:
+    conn.execute(text(f"DROP TABLE IF EXISTS pg_temp.{scratch}"))
+    conn.execute(text(f"CREATE TEMP TABLE {scratch} ON COMMIT DROP AS {query}"), params)
+    # The comparison's join sizes its hash tables from the statistics.
+    conn.execute(text(f"ANALYZE {scratch}"))
+
+
+def _compare(
+    conn: Connection,
+    table: str,
+    rebuilt: str,
+    key: tuple[str, ...],
+    since: str,
+    params: dict[str, Any],
+) -> list[Difference]:
+    """The rows of ``table`` and ``rebuilt`` (a table or a parenthesised query) that are on
+    one side only, by primary key, or whose sums differ: one full join, at most 100 rows.
+
+    A row whose sums differ is listed on both sides, with each side's sums. The key columns
+    hold '' for "none", never NULL (migration 0006), so equality on them matches every row.
+    """
+    columns = [*key, *SUMS]
+    selected = ", ".join(
+        [f"live.{c} AS live_{c}" for c in columns]
+        + [f"rebuilt.{c} AS rebuilt_{c}" for c in columns]
+    )
+    joined = " AND ".join(f"live.{c} = rebuilt.{c}" for c in key)
+    live_sums = ", ".join(f"live.{s}" for s in SUMS)
+    rebuilt_sums = ", ".join(f"rebuilt.{s}" for s in SUMS)
+    query = text(
+        f"SELECT live.org IS NOT NULL AS in_live, rebuilt.org IS NOT NULL AS in_rebuilt,"
+        f" {selected}"
+        f" FROM (SELECT * FROM {table} WHERE {since}) AS live"
+        f" FULL JOIN (SELECT * FROM {rebuilt} AS source WHERE {since}) AS rebuilt ON {joined}"
+        " WHERE live.org IS NULL OR rebuilt.org IS NULL"
+        f" OR ({live_sums}) IS DISTINCT FROM ({rebuilt_sums})"
+        " LIMIT 100"
+    )
+    found: list[Difference] = []
+    for row in conn.execute(query, params).mappings():
+        if row["in_live"]:
+            found.append(Difference(table, "live only", {c: row[f"live_{c}"] for c in columns}))
+        if row["in_rebuilt"]:
+            found.append(
+                Difference(table, "rebuilt only", {c: row[f"rebuilt_{c}"] for c in columns})
             )
-            found += [
-                Difference(table, side, dict(row)) for row in conn.execute(query, params).mappings()
-            ]
+    return found
+
+
+def _verify_subject_tables(
+    conn: Connection, since: str, params: dict[str, Any]
+) -> list[Difference]:
+    """The subject rollups against the subject rows of the wide rollups rebuilt from the
+    events (not the live ones: a tampered live row shows in its own table only)."""
+    found: list[Difference] = []
+    keys = ", ".join(_SUBJECT_PRIMARY_KEY)
+    summed = ", ".join(f"sum({s}) AS {s}" for s in SUMS)
+    for table, wide in SUBJECT_TABLES.items():
+        rebuilt = (
+            f"(SELECT {keys}, {summed} FROM replay_{wide} WHERE subject_type <> '' GROUP BY {keys})"
+        )
+        found += _compare(conn, table, rebuilt, _SUBJECT_PRIMARY_KEY, since, params)
     return found

@@ -97,7 +97,7 @@ def openai_scenario(engine: Engine) -> None:
     spend(engine, request_id="a5", model="gpt-4.1", provider="openai", usd="0.4", when=at(2))
 
 
-def fold_everything(engine: Engine, *, timeout_seconds: int = 60) -> int:
+def fold_everything(engine: Engine, *, timeout_seconds: int = 180) -> int:
     """Fold until every event of the database is in the rollups; returns the events folded.
 
     Transaction ids are cluster-wide, so other sessions on a shared server can hold the settled

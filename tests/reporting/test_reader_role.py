@@ -36,6 +36,10 @@ TABLES = [
     "rollup_hourly",
     "rollup_daily",
     "rollup_watermark",
+    "rollup_subject_hourly",
+    "rollup_subject_daily",
+    "budget_slices",
+    "budget_period_totals",
 ]
 
 

@@ -23,10 +23,12 @@ from app.reports import rollups
 from tests.factories import wait_until_settled
 
 PRICES = Path(__file__).parents[2] / "app" / "pricing" / "data" / "model_prices.json"
+# The window is fixed when the module is collected, minutes before its tests
+# run; it reaches a day past that so no run crosses its end.
 HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 WINDOW = {
     "from": (HOUR - timedelta(days=1)).isoformat(),
-    "to": (HOUR + timedelta(hours=1)).isoformat(),
+    "to": (HOUR + timedelta(days=1)).isoformat(),
 }
 
 
@@ -179,7 +181,7 @@ def test_event_paging_and_request_story(
         ).scalar_one()
     seen: list[dict[str, Any]] = []
     after = "0"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 180
     # An empty page means "caught up for now": events of transactions that other sessions of
     # the cluster could still precede appear once those finish, so poll like a consumer would.
     while len(seen) < stored and time.monotonic() < deadline:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import random
 import threading
 import time
@@ -13,14 +16,26 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Engine, text
+from alembic import command
+from sqlalchemy import Connection, Engine, create_engine, text
 
 from app.budgets import holds
 from app.budgets.model import Subject
+from app.db.engine import normalise_url
+from app.db.migrate import alembic_config
 from app.errors import InvalidInput
 from app.ledger.records import UsageRecord
+from app.money import format_usd, parse_usd
 from app.reports import rollups
-from app.reports.service import SpendQuery, spend, subject_spend, top
+from app.reports.service import (
+    SpendQuery,
+    _usd,
+    spend,
+    spend_csv,
+    spend_json,
+    subject_spend,
+    top,
+)
 from tests.factories import wait_until_settled
 
 START = datetime(2026, 10, 30, 0, tzinfo=UTC)
@@ -138,6 +153,34 @@ def _report(engine: Engine, query: SpendQuery) -> dict[tuple[Any, ...], tuple[in
     return got
 
 
+def _instant(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _report_json(
+    engine: Engine, query: SpendQuery, isolation: str
+) -> dict[tuple[Any, ...], tuple[int, int, int]]:
+    """The report as PostgreSQL writes it in JSON, in a transaction of ``isolation`` (the
+    watermark is a constant of the statement only under REPEATABLE READ)."""
+    with engine.connect().execution_options(isolation_level=isolation) as conn:
+        report = spend_json(conn, query)
+        conn.rollback()
+    rows = json.loads(report.rows_json)
+    totals = json.loads(report.totals_json)
+    got = {
+        (_instant(row["period_start"]), *(row[g] for g in query.group_by)): (
+            parse_usd(row["cost_usd"]),
+            row["requests"],
+            row["prompt_tokens"],
+        )
+        for row in rows
+    }
+    assert len(got) == len(rows)
+    assert parse_usd(totals["cost_usd"]) == sum(v[0] for v in got.values())
+    assert totals["requests"] == sum(v[1] for v in got.values())
+    return got
+
+
 SHAPES: list[tuple[str, tuple[str, ...], str, dict[str, str]]] = [
     ("day", ("model",), "UTC", {}),
     ("day", ("model", "provider", "call_type", "endpoint"), "America/New_York", {}),
@@ -147,6 +190,8 @@ SHAPES: list[tuple[str, tuple[str, ...], str, dict[str, str]]] = [
     ("all", ("tag",), "UTC", {}),
     ("day", (), "UTC", {"model": "gpt-4o", "tag": "prod"}),
     ("all", (), "Asia/Kolkata", {"subject_id": "u3"}),
+    ("day", ("subject_id",), "UTC", {"subject_type": "user"}),
+    ("day", ("subject_type", "subject_id", "model"), "UTC", {}),
 ]
 
 
@@ -165,7 +210,12 @@ def _check_all(engine: Engine, made: list[Recorded]) -> None:
             **filters,
         )
         expected = _expected(inside, unit=unit, by=by, tz=tz, **filters)
-        assert _report(engine, query) == expected, (unit, by, tz, filters)
+        rows = _report(engine, query)
+        assert rows == expected, (unit, by, tz, filters)
+        for isolation in ("REPEATABLE READ", "READ COMMITTED"):
+            rendered = _report_json(engine, query, isolation)
+            assert rendered == expected, (unit, by, tz, filters, isolation)
+            assert list(rendered) == list(rows)  # the same order
 
 
 @pytest.fixture
@@ -194,6 +244,232 @@ def test_reports_are_exact_before_during_and_after_folding(
         ).scalar_one()
     assert tail == 0
     _check_all(engine, usage)  # everything from the rollups
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        assert rollups.verify(conn) == []
+        conn.rollback()
+
+
+def _verify(engine: Engine) -> set[tuple[str, str]]:
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        found = rollups.verify(conn)
+        conn.rollback()
+    return {(d.projection, d.side) for d in found}
+
+
+def test_subject_rollups_are_verified_and_backfilled_by_their_migration(
+    db_url: str, engine: Engine, usage: list[Recorded]
+) -> None:
+    wait_until_settled(engine)
+    rollups.fold_all(engine, batch=50)
+    owner = create_engine(normalise_url(db_url))
+    try:
+        with owner.begin() as conn:
+            changed = conn.execute(
+                text(
+                    "UPDATE rollup_subject_daily SET requests = requests + 1"
+                    " WHERE subject_id = 'u3'"
+                )
+            )
+            assert changed.rowcount > 0
+        assert _verify(engine) == {
+            ("rollup_subject_daily", "live only"),
+            ("rollup_subject_daily", "rebuilt only"),
+        }
+        # Migration 0013 drops and refills the subject rollups from the wide ones.
+        engine.dispose()
+        command.downgrade(alembic_config(db_url), "0012")
+        with owner.connect() as conn:
+            assert conn.execute(text("SELECT to_regclass('rollup_subject_daily')")).scalar() is None
+        command.upgrade(alembic_config(db_url), "head")
+        with owner.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM rollup_subject_hourly")).scalar_one()
+    finally:
+        owner.dispose()
+    assert _verify(engine) == set()
+    _check_all(engine, usage)
+
+
+def test_verify_names_rows_on_one_side_and_rows_whose_sums_differ(
+    db_url: str, engine: Engine, usage: list[Recorded]
+) -> None:
+    wait_until_settled(engine)
+    rollups.fold_all(engine, batch=50)
+    assert _verify(engine) == set()
+    owner = create_engine(normalise_url(db_url))
+    try:
+        with owner.begin() as conn:
+            changed = conn.execute(
+                text(
+                    "UPDATE rollup_hourly SET cost_pico_usd = cost_pico_usd + 1 WHERE ctid ="
+                    " (SELECT ctid FROM rollup_hourly WHERE subject_id = 'u1' AND tag = ''"
+                    " ORDER BY bucket, model, call_type, endpoint LIMIT 1)"
+                    " RETURNING bucket, model, cost_pico_usd"
+                )
+            ).one()
+            removed = conn.execute(
+                text(
+                    "DELETE FROM rollup_daily WHERE ctid ="
+                    " (SELECT ctid FROM rollup_daily WHERE tag = 'eval' ORDER BY bucket LIMIT 1)"
+                    " RETURNING bucket, requests"
+                )
+            ).one()
+            conn.execute(
+                text(
+                    "INSERT INTO rollup_subject_hourly SELECT org, bucket, 'user', 'ghost',"
+                    " 1, 1, 1, 1, 1, 1, 1, 1 FROM rollup_subject_hourly LIMIT 1"
+                )
+            )
+    finally:
+        owner.dispose()
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        found = rollups.verify(conn)
+        conn.rollback()
+    assert sorted((d.projection, d.side) for d in found) == [
+        ("rollup_daily", "rebuilt only"),
+        ("rollup_hourly", "live only"),
+        ("rollup_hourly", "rebuilt only"),
+        ("rollup_subject_hourly", "live only"),
+    ]
+    rows = {(d.projection, d.side): d.row for d in found}
+    live, rebuilt = rows["rollup_hourly", "live only"], rows["rollup_hourly", "rebuilt only"]
+    assert (live["bucket"], live["model"], live["subject_id"]) == (
+        changed.bucket,
+        changed.model,
+        "u1",
+    )
+    assert {k: v for k, v in live.items() if k != "cost_pico_usd"} == {
+        k: v for k, v in rebuilt.items() if k != "cost_pico_usd"
+    }
+    assert live["cost_pico_usd"] == changed.cost_pico_usd == rebuilt["cost_pico_usd"] + 1
+    daily = rows["rollup_daily", "rebuilt only"]
+    assert (daily["bucket"], daily["tag"], daily["requests"]) == (
+        removed.bucket,
+        "eval",
+        removed.requests,
+    )
+    assert rows["rollup_subject_hourly", "live only"]["subject_id"] == "ghost"
+
+
+AWKWARD_PAYLOADS: list[tuple[str, dict[str, Any]]] = [
+    ("usage_recorded", {"model": "m", "subjects": [{"type": "user", "id": 1}], "metadata": {}}),
+    ("usage_recorded", {"model": "m", "subjects": [{"type": "user", "id": 1.0}], "metadata": {}}),
+    (
+        "usage_recorded",
+        {
+            "model": "m",
+            "message_index": 1,
+            "subjects": [{"type": "user", "id": "a"}, {"type": "user", "id": "a"}, {"id": "x"}],
+            "metadata": {"tags": [1, 1.0, "", "t", "t"], "endpoint": 7},
+            "cache_write_tokens": 5,
+        },
+    ),
+    (
+        "usage_recorded",
+        {
+            "model": "m" * 300,
+            "subjects": {"type": "user", "id": "a"},
+            "metadata": {"tags": "solo", "endpoint": "/e"},
+            "cache_creation_tokens": 2,
+            "cache_write_tokens": 9,
+        },
+    ),
+    ("usage_recorded", {"subjects": [{"type": "team", "id": None}], "metadata": {"tags": 3}}),
+    ("committed", {"model": "m", "messages": 0, "subjects": [{"type": "team", "id": "t"}]}),
+    ("committed", {"model": "m", "messages": 2, "subjects": [{"type": "team", "id": "t"}]}),
+    ("reserved", {"model": "m", "subjects": [{"type": "team", "id": "t"}]}),
+]
+
+
+def test_verify_rebuilds_the_same_sums_as_usage_facts_between(
+    db_url: str, engine: Engine, usage: list[Recorded]
+) -> None:
+    owner = create_engine(normalise_url(db_url))
+    try:
+        with owner.begin() as conn:
+            for index, (event_type, payload) in enumerate(AWKWARD_PAYLOADS):
+                conn.execute(
+                    text(
+                        "INSERT INTO ledger_events"
+                        " (org, event_type, schema_version, payload, amount_pico_usd, occurred_at)"
+                        " VALUES ('acme', :type, 1, CAST(:payload AS jsonb), :cost, :at)"
+                    ),
+                    {
+                        "type": event_type,
+                        "payload": json.dumps(payload),
+                        "cost": 10**12 + index,
+                        "at": START + timedelta(minutes=index),
+                    },
+                )
+    finally:
+        owner.dispose()
+    dimensions = ", ".join(rollups.DIMENSIONS)
+    summed = ", ".join(f"sum({s}) AS {s}" for s in rollups.SUMS)
+    by_function = (
+        f"SELECT org, date_trunc('hour', occurred_at, 'UTC') AS bucket, {dimensions}, {summed}"
+        " FROM usage_facts_between(0, :mark)"
+        f" GROUP BY org, date_trunc('hour', occurred_at, 'UTC'), {dimensions}"
+    )
+    columns = ", ".join(["org", "bucket", *rollups.DIMENSIONS, *rollups.SUMS])
+    mark = 2**62
+    with engine.connect() as conn:
+        rebuilt = conn.execute(
+            text(f"SELECT {columns} FROM ({rollups.HOURLY_FACTS}) AS lean"), {"mark": mark}
+        ).all()
+        expected = conn.execute(
+            text(f"SELECT {columns} FROM ({by_function}) AS facts"), {"mark": mark}
+        ).all()
+    assert sorted(rebuilt) == sorted(expected)
+    awkward = {
+        (row.subject_id, row.tag, row.model[:3], row.requests)
+        for row in rebuilt
+        if row.bucket == START and row.cost_pico_usd >= 10**12
+    }
+    assert {("1", "", "m", 1), ("1.0", "", "m", 1), ("a", "", "m", 0)} <= awkward
+    assert {("", "1", "m", 0), ("", "1.0", "m", 0), ("", "solo", "mmm", 1)} <= awkward
+    assert ("t", "", "m", 1) in awkward  # the commit without messages; not the one with two
+
+
+def test_money_written_by_postgresql_is_format_usd(conn: Connection) -> None:
+    amounts = [0, 1, 10, 10**12, 10**12 + 1, -(10**12) - 5, 1234567890123456789012345678, 10**37]
+    for amount in amounts:
+        written = conn.execute(text(f"SELECT {_usd('CAST(:a AS numeric(38, 0))')}"), {"a": amount})
+        assert written.scalar_one() == format_usd(amount), amount
+
+
+def test_csv_written_by_postgresql_quotes_like_the_csv_module(engine: Engine) -> None:
+    awkward = ['a,"b"', "line\nbreak", "plain", "semi;colon"]
+    with engine.begin() as conn:
+        for index, name in enumerate(awkward):
+            holds.record_usage(
+                conn,
+                org="acme",
+                request_id=f"csv-{index}",
+                subjects=[Subject("team", name)],
+                cost_pico_usd=10**12 // 3 + index,
+                records=[
+                    UsageRecord(
+                        cost_pico_usd=10**12 // 3 + index, model="gpt-4o", provider="openai"
+                    )
+                ],
+                now=START + timedelta(minutes=index),
+            )
+    query = SpendQuery(
+        org="acme", start=START, end=START + timedelta(hours=2), group_by=("subject_id",)
+    )
+    with engine.connect() as conn:
+        lines = spend_csv(conn, query)
+        rows = spend(conn, query).rows
+    parsed = list(csv.reader(io.StringIO(lines)))
+    assert parsed == [
+        [
+            row.period_start.isoformat() if row.period_start else "",
+            row.groups["subject_id"] or "",
+            format_usd(row.cost_pico_usd),
+            *(str(row.sums[s]) for s in rollups.SUMS[1:]),
+        ]
+        for row in rows
+    ]
+    assert {p[1] for p in parsed} == set(awkward)
 
 
 def test_top_spenders_and_subject_spend(engine: Engine, usage: list[Recorded]) -> None:
