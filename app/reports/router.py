@@ -11,8 +11,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response, StreamingResponse
 
 from app.api.deps import Db, Prices, Reader, read_org
+from app.reports import halves, service
 from app.reports import insights as recommend
-from app.reports import service
 from app.reports.rollups import SUMS
 from app.reports.service import SpendJson, SpendQuery
 
@@ -153,20 +153,16 @@ def spend(
         endpoint=endpoint,
         tag=tag,
     )
-    # One snapshot for the watermark and the report: the service then passes the watermark
-    # to its statement as a constant (see service.spend_json).
-    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
-        if format == "csv":
-            lines = service.spend_csv(conn, query)
-        else:
-            report = service.spend_json(conn, query)
+    # One snapshot for the watermark and the report (the service then passes the watermark
+    # to its statement as a constant), shared by both halves when a long report is split.
     if format == "csv":
+        lines = halves.spend_csv_in_halves(engine, query)
         return StreamingResponse(
             _csv(service.validate(query), lines),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="spend.csv"'},
         )
-    return _document(report)
+    return _document(halves.spend_json_in_halves(engine, query))
 
 
 @router.get("/top", responses={**ERRORS, 200: {"content": {"application/json": {}}}})

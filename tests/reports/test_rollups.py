@@ -181,7 +181,7 @@ def _report_json(
     return got
 
 
-SHAPES: list[tuple[str, tuple[str, ...], str, dict[str, str]]] = [
+SHAPES: list[tuple[str, tuple[str, ...], str, dict[str, Any]]] = [
     ("day", ("model",), "UTC", {}),
     ("day", ("model", "provider", "call_type", "endpoint"), "America/New_York", {}),
     ("hour", ("model",), "UTC", {}),
@@ -196,8 +196,16 @@ SHAPES: list[tuple[str, tuple[str, ...], str, dict[str, str]]] = [
 
 
 def _check_all(engine: Engine, made: list[Recorded]) -> None:
-    # Windows on odd hours make the daily rollup answer for the middle and hours for the ends.
-    start, end = START + timedelta(hours=5), START + timedelta(days=4, hours=7)
+    # Windows on odd hours: the daily rollup answers for the middle; an end of under 12 hours
+    # is read from its hours, a longer one as its day less the hours outside the window.
+    for start, end in (
+        (START + timedelta(hours=5), START + timedelta(days=4, hours=7)),
+        (START + timedelta(hours=14), START + timedelta(days=3, hours=20)),
+    ):
+        _check_window(engine, made, start, end)
+
+
+def _check_window(engine: Engine, made: list[Recorded], start: datetime, end: datetime) -> None:
     inside = [m for m in made if start <= m.at < end]
     for unit, by, tz, filters in SHAPES:
         query = SpendQuery(
