@@ -53,16 +53,13 @@ import random
 import re
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +72,8 @@ from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from _server import serve  # noqa: E402
 
 SQL_SCRIPT = ROOT / "bench" / "sql" / "reserve_commit.sql"
 HTTP_ORG = "bench-http"
@@ -447,48 +446,6 @@ def vacuum(url: str) -> None:
             "VACUUM (ANALYZE) budgets, budget_periods, reservations, idempotency_keys,"
             " ledger_events"
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def server(url: str, log_path: Path, extra: Sequence[str]) -> Iterator[tuple[str, int]]:
-    """``usage-ledger serve`` on a free port; yields its base URL and pid."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("USAGE_LEDGER_")}
-    env.pop("DATABASE_URL", None)
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "usage-ledger"), "serve", "--database-url", url,
-             "--host", "127.0.0.1", "--port", str(port), *extra],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"usage-ledger serve exited; see {log_path}")
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"usage-ledger serve did not become ready; see {log_path}")
-                time.sleep(0.25)
-            yield base, process.pid
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def settle(url: str, timeout_s: float = 180.0) -> float:
@@ -1196,7 +1153,8 @@ def main() -> int:
     raw_cells: dict[tuple[str, int], RawCell] = {}
     profile: Profile | None = None
     profile_clients = 16 if 16 in clients else max(clients)
-    with server(url, workdir / "serve.log", args.serve_arg) as (base, pid):
+    with serve(url, workdir / "serve.log", args.serve_arg) as running:
+        base, pid = running.base, running.pid
         print(f"server: {base} (pid {pid}, log {workdir / 'serve.log'})", flush=True)
         for scenario in scenarios:
             for count in clients:

@@ -32,16 +32,12 @@ import math
 import os
 import platform
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from array import array
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -57,6 +53,8 @@ from sqlalchemy import Engine, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from _server import serve  # noqa: E402
 
 from app.auth import service as auth  # noqa: E402
 from app.budgets import holds  # noqa: E402
@@ -683,46 +681,6 @@ def rollup_counts(url: str) -> dict[str, dict[str, int]]:
 # Measuring: the reports over HTTP, the raw scans over psycopg.
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def server(url: str, port: int, log_path: Path) -> Iterator[str]:
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("USAGE_LEDGER_")}
-    env.pop("DATABASE_URL", None)
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "usage-ledger"), "serve", "--database-url", url,
-             "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"usage-ledger serve exited; see {log_path}")
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"usage-ledger serve did not become ready; see {log_path}")
-                time.sleep(0.25)
-            yield base
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 def percentile(values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(values)
@@ -1032,12 +990,12 @@ def measure(url: str, meta: dict[str, Any], args: argparse.Namespace) -> list[Re
     raw_conn: psycopg.Connection[Any] = psycopg.connect(plain(url), autocommit=True)
     try:
         with (
-            server(url, free_port(), log_path) as base,
+            serve(url, log_path) as running,
             httpx.Client(
-                base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120
+                base_url=running.base, headers={"Authorization": f"Bearer {key}"}, timeout=120
             ) as client,
         ):
-            print(f"server: {base} (log {log_path})", flush=True)
+            print(f"server: {running.base} (log {log_path})", flush=True)
             for case in report_cases(to):
                 result = Result(case.name)
                 result.latencies_ms, body = time_http(
