@@ -7,6 +7,7 @@ setting.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -27,13 +29,19 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
+def plain(url: str) -> str:
+    """The URL for psycopg itself (no SQLAlchemy driver suffix such as ``+psycopg``)."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme.split('+')[0]}://{rest}"
+
+
 def connect(url: str, *, autocommit: bool = False, timeout_s: float = 120.0) -> psycopg.Connection:
     """``psycopg.connect``, retried for up to ``timeout_s`` while the server refuses (a shared
     server may be out of connections for a moment)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return psycopg.connect(url, autocommit=autocommit)
+            return psycopg.connect(plain(url), autocommit=autocommit)
         except psycopg.OperationalError:
             if time.monotonic() > deadline:
                 raise
@@ -59,6 +67,33 @@ def drop_database(server: str, name: str) -> None:
     with connect(database_url(server, "postgres"), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def read_meta(server: str, name: str, bench: str) -> tuple[bool, dict[str, Any] | None]:
+    """Whether database ``name`` exists, and the parameters of a complete load by ``bench``
+    that ``write_meta`` left in its comment (None if there are none, or another bench's)."""
+    with connect(database_url(server, "postgres"), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (name,),
+        ).fetchone()
+    if row is None:
+        return False, None
+    try:
+        meta = json.loads(row[0]) if row[0] else None
+    except ValueError:
+        meta = None
+    return True, meta if isinstance(meta, dict) and meta.get("bench") == bench else None
+
+
+def write_meta(server: str, name: str, meta: dict[str, Any]) -> None:
+    """Keep a load's parameters with the database (its comment), for a later ``--reuse``."""
+    with connect(database_url(server, "postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(name), sql.Literal(json.dumps(meta))
+            )
         )
 
 

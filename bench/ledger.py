@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -73,7 +73,7 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from _server import serve  # noqa: E402
+from _server import database_url, serve  # noqa: E402
 
 SQL_SCRIPT = ROOT / "bench" / "sql" / "reserve_commit.sql"
 HTTP_ORG = "bench-http"
@@ -271,11 +271,6 @@ def drive_main(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Database, budgets, key, server.
-
-
-def database_url(server: str, name: str) -> str:
-    parts = urlsplit(server)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
 
 
 def layout_marker(escrow_slices: int | None = None) -> str:

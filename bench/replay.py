@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import resource
 import subprocess
@@ -41,15 +40,23 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import psycopg
-from psycopg import sql
 from sqlalchemy import Engine, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from _server import (  # noqa: E402
+    create_database,
+    database_url,
+    drop_database,
+    plain,
+    read_meta,
+    write_meta,
+)
 
 from app.budgets import holds  # noqa: E402
 from app.budgets import service as budgets  # noqa: E402
@@ -94,56 +101,6 @@ def team_subject(t: int) -> Subject:
 
 # ---------------------------------------------------------------------------------------------
 # Database housekeeping
-
-
-def database_url(server: str, name: str) -> str:
-    parts = urlsplit(server)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-
-
-def plain(url: str) -> str:
-    scheme, rest = url.split("://", 1)
-    return f"{scheme.split('+')[0]}://{rest}"
-
-
-def read_meta(server: str, name: str) -> tuple[bool, dict[str, Any] | None]:
-    with psycopg.connect(plain(database_url(server, "postgres")), autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-            (name,),
-        ).fetchone()
-    if row is None:
-        return False, None
-    try:
-        meta = json.loads(row[0]) if row[0] else None
-    except ValueError:
-        meta = None
-    return True, meta if isinstance(meta, dict) and meta.get("bench") == "replay" else None
-
-
-def create_database(server: str, name: str, *, drop_first: bool) -> None:
-    with psycopg.connect(plain(database_url(server, "postgres")), autocommit=True) as conn:
-        if drop_first:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def drop_database(server: str, name: str) -> None:
-    with psycopg.connect(plain(database_url(server, "postgres")), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-
-
-def write_meta(url: str, name: str, meta: dict[str, Any]) -> None:
-    with psycopg.connect(plain(url), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                sql.Identifier(name), sql.Literal(json.dumps(meta))
-            )
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,15 +599,15 @@ def main() -> int:
     parser.add_argument("--no-fold", action="store_true", help="leave the rollups unfolded")
     args = parser.parse_args()
     url = database_url(args.server, args.database)
-    exists, meta = read_meta(args.server, args.database)
+    exists, meta = read_meta(args.server, args.database, "replay")
     print(f"load average at start: {load_average()}", flush=True)
     if args.reuse and meta is not None and meta.get("finished"):
         print(f"reusing {args.database}: {meta}", flush=True)
     else:
         if exists and not args.recreate and meta is None:
             raise SystemExit(f"{args.database} exists but is not this bench's; pass --recreate")
-        create_database(args.server, args.database, drop_first=exists)
-        write_meta(url, args.database, {"bench": "replay", "finished": False})
+        create_database(args.server, args.database)
+        write_meta(args.server, args.database, {"bench": "replay", "finished": False})
         migrate.upgrade(url)
         start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
             days=args.days + 1
@@ -678,7 +635,7 @@ def main() -> int:
         print(f"vacuum (analyze): {vacuum(url):,.1f} s", flush=True)
         meta = {"bench": "replay", "finished": True, "events": seeded + written,
                 "loaded_events_per_second": round(rate), "start": str(start)}  # fmt: skip
-        write_meta(url, args.database, meta)
+        write_meta(args.server, args.database, meta)
     log = Path(tempfile.gettempdir()) / "bench-replay-progress.log"
     load = load_average()
     print(f"replay --verify: running (load average {load}; progress in {log})", flush=True)

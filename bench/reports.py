@@ -43,18 +43,24 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import httpx
 import psycopg
-from psycopg import sql
 from sqlalchemy import Engine, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from _server import serve  # noqa: E402
+from _server import (  # noqa: E402
+    create_database,
+    database_url,
+    drop_database,
+    plain,
+    read_meta,
+    serve,
+    write_meta,
+)
 
 from app.auth import service as auth  # noqa: E402
 from app.budgets import holds  # noqa: E402
@@ -471,48 +477,6 @@ def generate(
 
 # ---------------------------------------------------------------------------------------------
 # Database: create, load, fold.
-
-
-def database_url(server: str, name: str) -> str:
-    parts = urlsplit(server)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-
-
-def plain(url: str) -> str:
-    """The URL for psycopg itself (no SQLAlchemy driver suffix)."""
-    scheme, rest = url.split("://", 1)
-    return f"{scheme.split('+')[0]}://{rest}"
-
-
-def read_meta(server: str, name: str) -> tuple[bool, dict[str, Any] | None]:
-    with psycopg.connect(plain(database_url(server, "postgres")), autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-            (name,),
-        ).fetchone()
-    if row is None:
-        return False, None
-    try:
-        meta = json.loads(row[0]) if row[0] else None
-    except ValueError:
-        meta = None
-    return True, meta if isinstance(meta, dict) and meta.get("bench") == "reports" else None
-
-
-def create_database(server: str, name: str, *, drop_first: bool) -> None:
-    with psycopg.connect(plain(database_url(server, "postgres")), autocommit=True) as conn:
-        if drop_first:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def drop_database(server: str, name: str) -> None:
-    with psycopg.connect(plain(database_url(server, "postgres")), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
 
 
 def define_budgets(engine: Engine, population: Population, at: datetime) -> None:
@@ -1158,7 +1122,7 @@ def main() -> int:
     if args.batch >= 2**20:
         parser.error("--batch must stay below 2**20 events (one transaction's limit)")
     url = database_url(args.server, args.database)
-    exists, meta = read_meta(args.server, args.database)
+    exists, meta = read_meta(args.server, args.database, "reports")
     if args.reuse and meta is not None and meta["events"] != args.events:
         parser.error(f"{args.database} holds {meta['events']:,} events, not {args.events:,}")
     if exists and not args.recreate and not (args.reuse and meta is not None):
@@ -1169,7 +1133,7 @@ def main() -> int:
         )
     print(f"machine: {machine(database_url(args.server, 'postgres'))}", flush=True)
     if meta is None or args.recreate:
-        create_database(args.server, args.database, drop_first=args.recreate)
+        create_database(args.server, args.database)
         migrate.upgrade(url)
         meta = load_all(url, args)
     else:
@@ -1249,12 +1213,7 @@ def load_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "fold_events_per_s": round(folded / fold_seconds),
         "total_usd": format_usd(generated.cost_pico_usd),
     }
-    with psycopg.connect(plain(database_url(args.server, "postgres")), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                sql.Identifier(args.database), sql.Literal(json.dumps(meta))
-            )
-        )
+    write_meta(args.server, args.database, meta)
     return meta
 
 
