@@ -309,7 +309,8 @@ def middle_keys(
         return None
     params: dict[str, Any] = {"start": query.start, "end": query.end, "sample": sample}
     if _by_subject_only(query):
-        table, where = next(iter(SUBJECT_TABLES)), _where(query, params, with_grain=False)
+        table, _ = SUBJECT_TABLES  # the hourly one
+        where = _where(query, params, with_grain=False)
     else:
         table, where = "rollup_hourly", _where(query, params, with_grain=True)
     groups = ", ".join(query.group_by)
@@ -431,7 +432,7 @@ def _json_statement(
         f"SELECT '[' || coalesce(string_agg(concat({', '.join(parts)}), ','"
         f" ORDER BY {_order(query, order_by_cost)}), '') || ']' AS rows,"
         f" json_build_object({totals})::text AS totals"
-        f" FROM ({inner}) AS grouped WHERE grouped.cost_pico_usd IS NOT NULL"
+        f" FROM ({inner}) AS grouped"
     )
     return sql, params
 
@@ -457,24 +458,20 @@ def _csv_statement(query: SpendQuery, snapshot: _Snapshot) -> tuple[str, dict[st
     sql = (
         f"SELECT coalesce(string_agg(concat_ws(',', {', '.join(fields)}) || E'\\n', ''"
         f" ORDER BY {_order(query, False)}), '')"
-        f" FROM ({inner}) AS grouped WHERE grouped.cost_pico_usd IS NOT NULL"
+        f" FROM ({inner}) AS grouped"
     )
     return sql, params
 
 
 def _rows(conn: Connection, query: SpendQuery, sql: str, params: dict[str, Any]) -> list[SpendRow]:
-    rows = []
-    for row in conn.execute(text(sql), params).mappings():
-        if row["cost_pico_usd"] is None:  # a grand total over no rows
-            continue
-        rows.append(
-            SpendRow(
-                period_start=row["period_start"],
-                groups={g: (row[g] or None) for g in query.group_by},
-                sums={s: int(row[s]) for s in SUMS},
-            )
+    return [
+        SpendRow(
+            period_start=row["period_start"],
+            groups={g: (row[g] or None) for g in query.group_by},
+            sums={s: int(row[s]) for s in SUMS},
         )
-    return rows
+        for row in conn.execute(text(sql), params).mappings()
+    ]
 
 
 def _totals(rows: Sequence[SpendRow]) -> dict[str, int]:
