@@ -32,6 +32,7 @@ from app.alerts.signing import (
     body_bytes,
     sign,
 )
+from app.background import Worker
 
 log = logging.getLogger(__name__)
 ERROR_EXCERPT = 300
@@ -144,8 +145,10 @@ def _attempt(
         )
 
 
-class DeliveryWorker:
+class DeliveryWorker(Worker):
     """Runs ``deliver_due`` every ``interval`` seconds in a daemon thread until stopped."""
+
+    name = "webhook-delivery"
 
     def __init__(
         self,
@@ -159,15 +162,9 @@ class DeliveryWorker:
         self.interval_seconds = interval_seconds
         self.policy = policy or DeliveryPolicy()
         self._transport = transport
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="webhook-delivery", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.policy.timeout_seconds + 10)
+        # A delivery in flight may take its whole timeout before the thread sees the stop.
+        self.join_seconds = self.policy.timeout_seconds + 10
+        super().__init__()
 
     def _run(self) -> None:
         rng = random.Random()

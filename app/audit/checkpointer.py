@@ -9,13 +9,12 @@ another ``serve`` process) holds the chain.
 from __future__ import annotations
 
 import logging
-import threading
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
 
 from app.audit import service
 from app.audit.model import Checkpoint
+from app.background import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -43,30 +42,18 @@ def checkpoint_all(engine: Engine, *, batch: int = 10_000) -> list[Checkpoint]:
     return made
 
 
-class Checkpointer:
+class Checkpointer(Periodic):
     """Runs ``checkpoint_all`` every ``interval_seconds`` in a daemon thread until stopped.
 
     The interval bounds how long a new event stays without tamper evidence (plus the time the
     oldest open transaction of the cluster holds the settled horizon back)."""
 
+    name = "audit-checkpointer"
+    what = "audit checkpoint"
+
     def __init__(self, engine: Engine, interval_seconds: float = 10.0) -> None:
         self.engine = engine
-        self.interval_seconds = interval_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="audit-checkpointer", daemon=True)
+        super().__init__(interval_seconds)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_seconds):
-            try:
-                checkpoint_all(self.engine)
-            except OperationalError as error:
-                log.warning("audit checkpoint postponed: %s", error.orig)
-            except Exception:
-                log.exception("audit checkpoint failed; retrying next interval")
+    def tick(self) -> None:
+        checkpoint_all(self.engine)

@@ -37,6 +37,7 @@ from sqlalchemy import (
     update,
 )
 
+from app.background import Worker
 from app.db.metadata import metadata
 from app.errors import LedgerError, NotFound
 
@@ -237,24 +238,18 @@ class VerifiedKeys:
             self._entries.clear()
 
 
-class RevocationListener:
+class RevocationListener(Worker):
     """Listens for revocations (``REVOCATIONS``) on a connection of its own and drops the
     revoked key from ``cache``; the cache serves entries only while this is connected."""
+
+    name = "key-revocations"
 
     def __init__(self, engine: Engine, cache: VerifiedKeys, retry_seconds: float = 1.0) -> None:
         url = engine.url.set(drivername="postgresql")
         self.conninfo = url.render_as_string(hide_password=False)
         self.cache = cache
         self.retry_seconds = retry_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="key-revocations", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        super().__init__()
 
     def _run(self) -> None:
         while not self._stop.is_set():

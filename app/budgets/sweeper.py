@@ -12,13 +12,13 @@ cannot see its period's totals, so the sweeper reads them and raises what was re
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from app.alerts import service as alerts
+from app.background import Periodic
 from app.budgets import holds, queries
 
 # Periods that ended less than this long ago are still checked, so a level reached by the
@@ -82,29 +82,17 @@ def _expire_due(engine: Engine, *, now: datetime | None, batch: int) -> int:
             return total
 
 
-class Sweeper:
-    """Runs ``expire_due`` every ``interval`` seconds in a daemon thread until stopped."""
+class Sweeper(Periodic):
+    """Runs ``expire_due`` every ``interval_seconds`` in a daemon thread until stopped."""
+
+    name = "expiry-sweeper"
+    what = "expiry sweep"
 
     def __init__(self, engine: Engine, interval_seconds: float) -> None:
         self.engine = engine
-        self.interval_seconds = interval_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="expiry-sweeper", daemon=True)
+        super().__init__(interval_seconds)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_seconds):
-            try:
-                count = expire_due(self.engine)
-                if count:
-                    log.info("expired %d overdue holds", count)
-            except OperationalError as error:  # the database is away: a line, not a trace
-                log.warning("expiry sweep postponed: %s", error.orig)
-            except Exception:
-                log.exception("expiry sweep failed; retrying next interval")
+    def tick(self) -> None:
+        count = expire_due(self.engine)
+        if count:
+            log.info("expired %d overdue holds", count)

@@ -15,14 +15,13 @@ rollup row, so commits of one model never queue behind each other. It is exact b
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import OperationalError
 
+from app.background import Periodic
 from app.budgets.replay import Difference
 from app.ledger.partitions import archive_cut
 
@@ -169,35 +168,23 @@ def fold_all(engine: Engine, *, batch: int = 50_000) -> int:
             return total
 
 
-class Folder:
-    """Runs ``fold_all`` every ``interval`` seconds in a daemon thread until stopped, and keeps
+class Folder(Periodic):
+    """Runs ``fold_all`` every ``interval_seconds`` in a daemon thread until stopped, and keeps
     the event table's monthly partitions ahead of the clock."""
+
+    name = "rollup-folder"
+    what = "rollup fold"
 
     def __init__(self, engine: Engine, interval_seconds: float) -> None:
         self.engine = engine
-        self.interval_seconds = interval_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rollup-folder", daemon=True)
+        self._runs = 0
+        super().__init__(interval_seconds)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        runs = 0
-        while not self._stop.wait(self.interval_seconds):
-            try:
-                if runs % 3600 == 0:
-                    ensure_partitions(self.engine)
-                runs += 1
-                fold_all(self.engine)
-            except OperationalError as error:
-                log.warning("rollup fold postponed: %s", error.orig)
-            except Exception:
-                log.exception("rollup fold failed; retrying next interval")
+    def tick(self) -> None:
+        if self._runs % 3600 == 0:
+            ensure_partitions(self.engine)
+        self._runs += 1
+        fold_all(self.engine)
 
 
 def ensure_partitions(engine: Engine, *, months_ahead: int = 2) -> int:
