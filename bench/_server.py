@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -95,6 +96,42 @@ def write_meta(server: str, name: str, meta: dict[str, Any]) -> None:
                 sql.Identifier(name), sql.Literal(json.dumps(meta))
             )
         )
+
+
+def prepare_org(
+    url: str, *, org: str, limit_usd: str, teams: int, keys: int, scopes: Sequence[str], name: str
+) -> list[str]:
+    """Migrate the database, define a monthly budget for the org, ``teams`` teams (t000...)
+    and ``keys`` API-key subjects (k00000...) through the service, and create one key of each
+    of ``scopes`` confined to the org; returns those keys' secrets, in order."""
+    from app.auth import service as auth
+    from app.budgets import service as budgets
+    from app.budgets.model import Subject
+    from app.db import migrate
+    from app.db.engine import make_engine
+    from app.money import parse_usd
+
+    migrate.upgrade(url)
+    engine = make_engine(url, app_role=False)
+    limit = parse_usd(limit_usd)
+    subjects = [("org", org)]
+    subjects += [("team", f"t{t:03d}") for t in range(teams)]
+    subjects += [("key", f"k{k:05d}") for k in range(keys)]
+    try:
+        with engine.begin() as conn:
+            now = datetime.now(UTC)
+            for subject_type, subject_id in subjects:
+                budgets.define_budget(
+                    conn,
+                    org=org,
+                    subject=Subject(subject_type, subject_id),
+                    limit_pico_usd=limit,
+                    period="month",
+                    now=now,
+                )
+            return [auth.create_key(conn, scope=scope, org=org, name=name)[1] for scope in scopes]
+    finally:
+        engine.dispose()
 
 
 def free_port() -> int:

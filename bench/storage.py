@@ -457,34 +457,10 @@ def create_database(server: str, name: str) -> str:
 
 def prepare(url: str) -> str:
     """Migrate, define the budgets through the service, create a gateway key; returns it."""
-    from app.auth import service as auth
-    from app.budgets import service as budgets
-    from app.budgets.model import Subject
-    from app.db import migrate
-    from app.db.engine import make_engine
-    from app.money import parse_usd
-
-    migrate.upgrade(url)
-    engine = make_engine(url, app_role=False)
-    limit = parse_usd(LIMIT_USD)
-    subjects = [("org", ORG)]
-    subjects += [("team", f"t{t:03d}") for t in range(TEAMS)]
-    subjects += [("key", f"k{k:05d}") for k in range(KEYS)]
-    try:
-        with engine.begin() as conn:
-            now = datetime.now(UTC)
-            for subject_type, subject_id in subjects:
-                budgets.define_budget(
-                    conn,
-                    org=ORG,
-                    subject=Subject(subject_type, subject_id),
-                    limit_pico_usd=limit,
-                    period="month",
-                    now=now,
-                )
-            _, gateway = auth.create_key(conn, scope="gateway", org=ORG, name="bench-storage")
-    finally:
-        engine.dispose()
+    (gateway,) = _server.prepare_org(
+        url, org=ORG, limit_usd=LIMIT_USD, teams=TEAMS, keys=KEYS, scopes=["gateway"],
+        name="bench-storage",
+    )  # fmt: skip
     return gateway
 
 

@@ -49,7 +49,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from _server import create_database, drop_database, serve  # noqa: E402
+from _server import create_database, drop_database, prepare_org, serve  # noqa: E402
 
 ORG = "bench-batch"
 LIMIT_USD = "1000000000"
@@ -94,35 +93,10 @@ def subjects_for(k: int, teams: int, scenario: str) -> list[dict[str, str]]:
 def prepare(url: str, *, keys: int, teams: int) -> tuple[str, str]:
     """Migrate, define every budget through the service, create the keys; returns the gateway
     key and the reader key."""
-    from app.auth import service as auth
-    from app.budgets import service as budgets
-    from app.budgets.model import Subject
-    from app.db import migrate
-    from app.db.engine import make_engine
-    from app.money import parse_usd
-
-    migrate.upgrade(url)
-    engine = make_engine(url, app_role=False)
-    limit = parse_usd(LIMIT_USD)
-    subjects = [("org", ORG)]
-    subjects += [("team", f"t{t:03d}") for t in range(teams)]
-    subjects += [("key", f"k{k:05d}") for k in range(keys)]
-    try:
-        with engine.begin() as conn:
-            now = datetime.now(UTC)
-            for subject_type, subject_id in subjects:
-                budgets.define_budget(
-                    conn,
-                    org=ORG,
-                    subject=Subject(subject_type, subject_id),
-                    limit_pico_usd=limit,
-                    period="month",
-                    now=now,
-                )
-            _, gateway = auth.create_key(conn, scope="gateway", org=ORG, name="bench-batch")
-            _, reader = auth.create_key(conn, scope="reader", org=ORG, name="bench-batch")
-    finally:
-        engine.dispose()
+    gateway, reader = prepare_org(
+        url, org=ORG, limit_usd=LIMIT_USD, teams=teams, keys=keys, scopes=["gateway", "reader"],
+        name="bench-batch",
+    )  # fmt: skip
     return gateway, reader
 
 
