@@ -635,9 +635,11 @@ def rollup_counts(url: str) -> dict[str, dict[str, int]]:
                 f" WHEN tag <> '' THEN 'tag' ELSE 'all' END, count(*) FROM {table} GROUP BY 1"
             ).fetchall()
             counts[table] = {grain: int(n) for grain, n in rows}
-        for table in rollups.SUBJECT_TABLES:  # one grain: no tag column
+        narrow = {**{t: "subject" for t in rollups.SUBJECT_TABLES},
+                  **{t: "all" for t in rollups.MODEL_TABLES}}  # fmt: skip
+        for table, grain in narrow.items():  # one grain each: no tag column
             (n,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,)
-            counts[table] = {"subject": int(n)}
+            counts[table] = {grain: int(n)}
     return counts
 
 
@@ -1191,7 +1193,12 @@ def load_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
             f" ({folded / fold_seconds:,.0f} events/s, fold_all with its default batch of 50,000)",
             flush=True,
         )
-        vacuum(url, ", ".join(["rollup_hourly", "rollup_daily", *rollups.SUBJECT_TABLES]))
+        vacuum(
+            url,
+            ", ".join(
+                ["rollup_hourly", "rollup_daily", *rollups.SUBJECT_TABLES, *rollups.MODEL_TABLES]
+            ),
+        )
         counts = rollup_counts(url)
         for table, grains in counts.items():
             shown = ", ".join(f"{g} {n:,}" for g, n in sorted(grains.items()))

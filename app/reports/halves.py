@@ -152,12 +152,6 @@ def _join_csv(earlier: str, later: str) -> str:
 
 
 def _join_json(earlier: SpendJson, later: SpendJson) -> SpendJson:
-    if earlier.rows_json == "[]":
-        rows = later.rows_json
-    elif later.rows_json == "[]":
-        rows = earlier.rows_json
-    else:
-        rows = earlier.rows_json[:-1] + "," + later.rows_json[1:]
     first, second = json.loads(earlier.totals_json), json.loads(later.totals_json)
     totals: dict[str, Any] = {}
     for name, value in first.items():
@@ -169,7 +163,7 @@ def _join_json(earlier: SpendJson, later: SpendJson) -> SpendJson:
             totals[name] = int(value) + int(second[name])
     return SpendJson(
         query=_with(later.query, start=earlier.query.start, keys_from=earlier.query.keys_from),
-        rows_json=rows,
+        row_runs=earlier.row_runs + later.row_runs,
         # As PostgreSQL's json_build_object writes it, so both paths answer the same text.
         totals_json="{"
         + ", ".join(f"{json.dumps(k)} : {json.dumps(v)}" for k, v in totals.items())

@@ -51,6 +51,15 @@ TABLES = {"rollup_hourly": "hour", "rollup_daily": "day"}
 # by subject read, instead of the subject grain's rows per model, provider, call type, endpoint.
 SUBJECT_TABLES = {"rollup_subject_hourly": "rollup_hourly", "rollup_subject_daily": "rollup_daily"}
 SUBJECT_KEYS = ("subject_type", "subject_id")
+# All spend per bucket, model, provider and call type (migration 0014): what reports grouped and
+# filtered only by those read, instead of the all-spend grain's rows per endpoint too.
+MODEL_TABLES = {"rollup_model_hourly": "rollup_hourly", "rollup_model_daily": "rollup_daily"}
+MODEL_KEYS = ("model", "provider", "call_type")
+# Each narrow table's keys and the rows of its wide table it sums.
+NARROW = {
+    **{table: (SUBJECT_KEYS, "subject_type <> ''") for table in SUBJECT_TABLES},
+    **{table: (MODEL_KEYS, "subject_type = '' AND tag = ''") for table in MODEL_TABLES},
+}
 
 
 def _fold_statement() -> str:
@@ -58,6 +67,7 @@ def _fold_statement() -> str:
     (a CTE read several times is materialised once) and the others are sums of them."""
     dimensions = ", ".join(DIMENSIONS)
     subject = ", ".join(SUBJECT_KEYS)
+    model = ", ".join(MODEL_KEYS)
     sums = ", ".join(SUMS)
     summed = ", ".join(f"sum({s}) AS {s}" for s in SUMS)
 
@@ -72,6 +82,9 @@ WITH hourly AS (
 ), subject_hourly AS (
     SELECT org, bucket, {subject}, {summed} FROM hourly WHERE subject_type <> ''
     GROUP BY org, bucket, {subject}
+), model_hourly AS (
+    SELECT org, bucket, {model}, {summed} FROM hourly WHERE subject_type = '' AND tag = ''
+    GROUP BY org, bucket, {model}
 ), into_hourly AS (
     INSERT INTO rollup_hourly (org, bucket, {dimensions}, {sums})
     SELECT org, bucket, {dimensions}, {sums} FROM hourly
@@ -87,12 +100,23 @@ WITH hourly AS (
     SELECT org, bucket, {subject}, {sums} FROM subject_hourly
     ON CONFLICT ON CONSTRAINT pk_rollup_subject_hourly
     DO UPDATE SET {added("rollup_subject_hourly")}
+), into_subject_daily AS (
+    INSERT INTO rollup_subject_daily (org, bucket, {subject}, {sums})
+    SELECT org, date_trunc('day', bucket, 'UTC'), {subject}, {summed}
+    FROM subject_hourly
+    GROUP BY org, date_trunc('day', bucket, 'UTC'), {subject}
+    ON CONFLICT ON CONSTRAINT pk_rollup_subject_daily
+    DO UPDATE SET {added("rollup_subject_daily")}
+), into_model_hourly AS (
+    INSERT INTO rollup_model_hourly (org, bucket, {model}, {sums})
+    SELECT org, bucket, {model}, {sums} FROM model_hourly
+    ON CONFLICT ON CONSTRAINT pk_rollup_model_hourly DO UPDATE SET {added("rollup_model_hourly")}
 )
-INSERT INTO rollup_subject_daily (org, bucket, {subject}, {sums})
-SELECT org, date_trunc('day', bucket, 'UTC'), {subject}, {summed}
-FROM subject_hourly
-GROUP BY org, date_trunc('day', bucket, 'UTC'), {subject}
-ON CONFLICT ON CONSTRAINT pk_rollup_subject_daily DO UPDATE SET {added("rollup_subject_daily")}
+INSERT INTO rollup_model_daily (org, bucket, {model}, {sums})
+SELECT org, date_trunc('day', bucket, 'UTC'), {model}, {summed}
+FROM model_hourly
+GROUP BY org, date_trunc('day', bucket, 'UTC'), {model}
+ON CONFLICT ON CONSTRAINT pk_rollup_model_daily DO UPDATE SET {added("rollup_model_daily")}
 """
 
 
@@ -202,7 +226,6 @@ def ensure_partitions(engine: Engine, *, months_ahead: int = 2) -> int:
 # full joins of the comparison (3.2M hourly rows at 10M events) fit in memory instead of spilling.
 VERIFY_WORK_MEM = "128MB"
 _PRIMARY_KEY = ("org", "bucket", "subject_type", "subject_id", "tag", *DIMENSIONS[:4])
-_SUBJECT_PRIMARY_KEY = ("org", "bucket", *SUBJECT_KEYS)
 
 
 def _hourly_facts() -> str:
@@ -304,7 +327,7 @@ def verify(conn: Connection) -> list[Difference]:
     found: list[Difference] = []
     for table in TABLES:
         found += _compare(conn, table, f"replay_{table}", _PRIMARY_KEY, since, params)
-    found += _verify_subject_tables(conn, since, params)
+    found += _verify_narrow_tables(conn, since, params)
     return found
 
 
@@ -357,17 +380,15 @@ def _compare(
     return found
 
 
-def _verify_subject_tables(
-    conn: Connection, since: str, params: dict[str, Any]
-) -> list[Difference]:
-    """The subject rollups against the subject rows of the wide rollups rebuilt from the
+def _verify_narrow_tables(conn: Connection, since: str, params: dict[str, Any]) -> list[Difference]:
+    """The subject and model rollups against their rows of the wide rollups rebuilt from the
     events (not the live ones: a tampered live row shows in its own table only)."""
     found: list[Difference] = []
-    keys = ", ".join(_SUBJECT_PRIMARY_KEY)
     summed = ", ".join(f"sum({s}) AS {s}" for s in SUMS)
-    for table, wide in SUBJECT_TABLES.items():
-        rebuilt = (
-            f"(SELECT {keys}, {summed} FROM replay_{wide} WHERE subject_type <> '' GROUP BY {keys})"
-        )
-        found += _compare(conn, table, rebuilt, _SUBJECT_PRIMARY_KEY, since, params)
+    for table, wide in {**SUBJECT_TABLES, **MODEL_TABLES}.items():
+        narrow_keys, rows = NARROW[table]
+        key = ("org", "bucket", *narrow_keys)
+        keys = ", ".join(key)
+        rebuilt = f"(SELECT {keys}, {summed} FROM replay_{wide} WHERE {rows} GROUP BY {keys})"
+        found += _compare(conn, table, rebuilt, key, since, params)
     return found

@@ -78,7 +78,7 @@ def _document(report: SpendJson, extra: dict[str, Any] | None = None) -> Respons
         (
             head[:-1],
             ',"rows":',
-            report.rows_json,
+            *report.rows_pieces(),
             ',"totals":',
             report.totals_json,
             ',"source":',

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Connection, text
 
 from app.errors import InvalidInput
-from app.reports.rollups import SUBJECT_KEYS, SUBJECT_TABLES, SUMS
+from app.reports.rollups import MODEL_KEYS, MODEL_TABLES, SUBJECT_KEYS, SUBJECT_TABLES, SUMS
 
 GRANULARITIES = ("hour", "day", "week", "month", "all")
 GROUPS = ("model", "provider", "call_type", "subject_type", "subject_id", "endpoint", "tag")
@@ -87,9 +87,26 @@ class SpendJson:
     strings of USD, counts as integers, empty dimensions as null)."""
 
     query: SpendQuery
-    rows_json: str
+    # The rows' JSON objects, comma-separated, in runs to be written one after the other (one
+    # run per statement; empty runs are skipped): a report in halves is sent as it came, with
+    # no copy of either half (a megabyte each for 6,000 rows).
+    row_runs: tuple[str, ...]
     totals_json: str
     source: dict[str, Any]
+
+    def rows_pieces(self) -> list[str]:
+        """The rows as a JSON array, in pieces to be joined."""
+        pieces = ["["]
+        for run in (run for run in self.row_runs if run):
+            if len(pieces) > 1:
+                pieces.append(",")
+            pieces.append(run)
+        pieces.append("]")
+        return pieces
+
+    @property
+    def rows_json(self) -> str:
+        return "".join(self.rows_pieces())
 
 
 @dataclass(frozen=True)
@@ -150,12 +167,19 @@ def _grain(query: SpendQuery) -> str:
     return "subject_type = '' AND tag = ''"
 
 
-def _by_subject_only(query: SpendQuery) -> bool:
-    """Whether the subject rollups (spend per bucket and subject alone) can answer: the report
-    is at the subject grain and neither groups nor filters by anything but the subject."""
-    return _grain(query) == "subject_type <> ''" and set(query.group_by) | set(
-        query.filters()
-    ) <= set(SUBJECT_KEYS)
+def _narrow_tables(query: SpendQuery) -> tuple[str, str] | None:
+    """The hourly and daily tables of spend per bucket and subject alone, or per bucket and
+    model, provider and call type alone, when they can answer: the report is at their grain
+    and neither groups nor filters by anything else."""
+    named = set(query.group_by) | set(query.filters())
+    grain = _grain(query)
+    if grain == "subject_type <> ''" and named <= set(SUBJECT_KEYS):
+        hourly, daily = SUBJECT_TABLES
+        return hourly, daily
+    if grain == "subject_type = '' AND tag = ''" and named <= set(MODEL_KEYS):
+        hourly, daily = MODEL_TABLES
+        return hourly, daily
+    return None
 
 
 def validate(query: SpendQuery) -> SpendQuery:
@@ -233,8 +257,9 @@ def _source_sql(
     less = ", ".join([*groups, *(f"-{s} AS {s}" for s in SUMS)])
     params: dict[str, Any] = {"start": query.start, "end": query.end}
     where = _where(query, params, with_grain=True)
-    if _by_subject_only(query):
-        hourly, daily = SUBJECT_TABLES
+    narrow = _narrow_tables(query)
+    if narrow is not None:
+        hourly, daily = narrow
         rolled = _where(query, params, with_grain=False)
     else:
         hourly, daily, rolled = "rollup_hourly", "rollup_daily", where
@@ -308,8 +333,9 @@ def middle_keys(
     if not query.group_by:
         return None
     params: dict[str, Any] = {"start": query.start, "end": query.end, "sample": sample}
-    if _by_subject_only(query):
-        table, _ = SUBJECT_TABLES  # the hourly one
+    narrow = _narrow_tables(query)
+    if narrow is not None:
+        table = narrow[0]  # the hourly one
         where = _where(query, params, with_grain=False)
     else:
         table, where = "rollup_hourly", _where(query, params, with_grain=True)
@@ -376,14 +402,17 @@ def _statement(
         selected.append("NULL::timestamptz AS period_start")
     selected += groups
     grouping += groups
-    selected += [f"sum({s})::numeric AS {s}" for s in SUMS]
+    # Counts as bigints (sum_bigint, migration 0014): sum() would build a numeric per group
+    # and sum to be written out again; money stays numeric.
+    selected.append("sum(cost_pico_usd) AS cost_pico_usd")
+    selected += [f"sum_bigint({s}) AS {s}" for s in _COUNTS]
     sql = f"SELECT {', '.join(selected)} FROM ({source}) AS src"
     if grouping:
         sql += f" GROUP BY {', '.join(grouping)}"
     # Only groups with spend in the window: every fact counts one request or one message, so
     # this drops exactly the groups whose rows the hours outside the window cancelled (and a
     # grand total over no rows).
-    sql += " HAVING sum(requests) + sum(messages) > 0"
+    sql += " HAVING sum_bigint(requests) + sum_bigint(messages) > 0"
     if order_by_cost:
         sql += " ORDER BY cost_pico_usd DESC, " + ", ".join([*groups, "1"])
     elif ordered:
@@ -429,8 +458,8 @@ def _json_statement(
         ]
     )
     sql = (
-        f"SELECT '[' || coalesce(string_agg(concat({', '.join(parts)}), ','"
-        f" ORDER BY {_order(query, order_by_cost)}), '') || ']' AS rows,"
+        f"SELECT coalesce(string_agg(concat({', '.join(parts)}), ','"
+        f" ORDER BY {_order(query, order_by_cost)}), '') AS rows,"
         f" json_build_object({totals})::text AS totals"
         f" FROM ({inner}) AS grouped"
     )
@@ -521,7 +550,7 @@ def spend_json(conn: Connection, query: SpendQuery, *, top_limit: int | None = N
     )
     row = conn.execute(text(sql), params).one()
     return SpendJson(
-        query=query, rows_json=row.rows, totals_json=row.totals, source=snapshot.source()
+        query=query, row_runs=(row.rows,), totals_json=row.totals, source=snapshot.source()
     )
 
 

@@ -38,6 +38,8 @@ TABLES = [
     "rollup_watermark",
     "rollup_subject_hourly",
     "rollup_subject_daily",
+    "rollup_model_hourly",
+    "rollup_model_daily",
     "budget_slices",
     "budget_period_totals",
 ]

@@ -111,6 +111,9 @@ def _expected(
                 period = local.replace(minute=0, second=0, microsecond=0)
             elif unit == "day":
                 period = local.replace(hour=0, minute=0, second=0, microsecond=0)
+            elif unit == "week":  # from Monday, as date_trunc
+                day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+                period = day - timedelta(days=day.weekday())
             else:
                 period = None
             tags = record.metadata.get("tags", [])
@@ -192,6 +195,10 @@ SHAPES: list[tuple[str, tuple[str, ...], str, dict[str, Any]]] = [
     ("all", (), "Asia/Kolkata", {"subject_id": "u3"}),
     ("day", ("subject_id",), "UTC", {"subject_type": "user"}),
     ("day", ("subject_type", "subject_id", "model"), "UTC", {}),
+    # From the model rollups: grouped and filtered by model, provider and call type only.
+    ("week", ("provider", "call_type"), "UTC", {"model": "gpt-4o"}),
+    ("all", ("model", "provider"), "UTC", {"call_type": "chat"}),
+    ("day", (), "Europe/Berlin", {"provider": "openai"}),
 ]
 
 
@@ -264,8 +271,15 @@ def _verify(engine: Engine) -> set[tuple[str, str]]:
     return {(d.projection, d.side) for d in found}
 
 
-def test_subject_rollups_are_verified_and_backfilled_by_their_migration(
-    db_url: str, engine: Engine, usage: list[Recorded]
+@pytest.mark.parametrize(
+    ("table", "tampered", "before"),
+    [
+        ("rollup_subject_daily", "subject_id = 'u3'", "0012"),
+        ("rollup_model_hourly", "model = 'gpt-4o'", "0013"),
+    ],
+)
+def test_narrow_rollups_are_verified_and_backfilled_by_their_migration(
+    db_url: str, engine: Engine, usage: list[Recorded], table: str, tampered: str, before: str
 ) -> None:
     wait_until_settled(engine)
     rollups.fold_all(engine, batch=50)
@@ -273,24 +287,18 @@ def test_subject_rollups_are_verified_and_backfilled_by_their_migration(
     try:
         with owner.begin() as conn:
             changed = conn.execute(
-                text(
-                    "UPDATE rollup_subject_daily SET requests = requests + 1"
-                    " WHERE subject_id = 'u3'"
-                )
+                text(f"UPDATE {table} SET requests = requests + 1 WHERE {tampered}")
             )
             assert changed.rowcount > 0
-        assert _verify(engine) == {
-            ("rollup_subject_daily", "live only"),
-            ("rollup_subject_daily", "rebuilt only"),
-        }
-        # Migration 0013 drops and refills the subject rollups from the wide ones.
+        assert _verify(engine) == {(table, "live only"), (table, "rebuilt only")}
+        # The table's migration drops it and fills it again from the wide rollups.
         engine.dispose()
-        command.downgrade(alembic_config(db_url), "0012")
+        command.downgrade(alembic_config(db_url), before)
         with owner.connect() as conn:
-            assert conn.execute(text("SELECT to_regclass('rollup_subject_daily')")).scalar() is None
+            assert conn.execute(text(f"SELECT to_regclass('{table}')")).scalar() is None
         command.upgrade(alembic_config(db_url), "head")
         with owner.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM rollup_subject_hourly")).scalar_one()
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
     finally:
         owner.dispose()
     assert _verify(engine) == set()
