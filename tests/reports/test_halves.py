@@ -155,3 +155,24 @@ def test_a_report_runs_whole_without_a_free_slot_or_connection(
     assert splits == []
     halves.spend_json_in_halves(engine, query)
     assert len(splits) == 1
+
+
+@pytest.mark.parametrize("middle", [("",), ("zzzz",), ("u3",)])
+def test_any_remembered_middle_key_splits_exactly(
+    engine: Engine, usage: list[Recorded], splits: list[SpendQuery], middle: tuple[str, ...]
+) -> None:
+    """The remembered middle key only balances the halves: one below every group, above every
+    group or anywhere between still gives the whole report."""
+    query = _query("all", ("subject_id",), "UTC")
+    whole, whole_csv = _whole(engine, query)
+    halves.spend_json_in_halves(engine, query)  # remembers the median
+    assert len(splits) == 1
+    report = next(k for k in halves._middle_keys if k[0] == "acme" and k[3] == ("subject_id",))
+    halves._middle_keys[report] = (halves._middle_keys[report][0], middle)
+    try:
+        splits.clear()
+        assert halves.spend_json_in_halves(engine, query).rows_json == whole.rows_json
+        assert halves.spend_csv_in_halves(engine, query) == whole_csv
+        assert [s.keys_from for s in splits] == [middle, middle]
+    finally:
+        halves._middle_keys.clear()
