@@ -56,7 +56,8 @@ Result = TypeVar("Result")
 # events, a tenth of such a report.
 MIDDLE_KEYS_SECONDS = 60.0
 _MIDDLE_KEYS_KEPT = 256
-_middle_keys: OrderedDict[tuple[Any, ...], tuple[float, tuple[str, ...]]] = OrderedDict()
+_Remembered = tuple[float, tuple[str, ...]]  # (time.monotonic() seconds, the keys)
+_middle_keys: OrderedDict[tuple[Any, ...], _Remembered] = OrderedDict()
 _middle_keys_lock = threading.Lock()
 
 
