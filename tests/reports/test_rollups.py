@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from alembic import command
 from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from app.budgets import holds
 from app.budgets.model import Subject
@@ -450,6 +451,17 @@ def test_money_written_by_postgresql_is_format_usd(conn: Connection) -> None:
     for amount in amounts:
         written = conn.execute(text(f"SELECT {_usd('CAST(:a AS numeric(38, 0))')}"), {"a": amount})
         assert written.scalar_one() == format_usd(amount), amount
+
+
+def test_counts_are_summed_exactly_or_not_at_all(conn: Connection) -> None:
+    """sum_bigint (migration 0014) keeps a report's counts bigints: exact, and an overflow is
+    an error, never a wrapped number."""
+    top = 2**63 - 1
+    summed = "SELECT sum_bigint(n) FROM unnest(CAST(:ns AS bigint[])) AS n"
+    assert conn.execute(text(summed), {"ns": [top - 5, 2, 3]}).scalar_one() == top
+    assert conn.execute(text(summed), {"ns": [-4, 4, 1]}).scalar_one() == 1
+    with pytest.raises(DBAPIError, match="out of range"):
+        conn.execute(text(summed), {"ns": [top, 1]})
 
 
 def test_csv_written_by_postgresql_quotes_like_the_csv_module(engine: Engine) -> None:
