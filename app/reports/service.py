@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Connection, text
 
 from app.errors import InvalidInput
-from app.reports.rollups import MODEL_KEYS, MODEL_TABLES, SUBJECT_KEYS, SUBJECT_TABLES, SUMS
+from app.reports.rollups import MODEL_TABLES, NARROW, SUBJECT_TABLES, SUMS
 
 GRANULARITIES = ("hour", "day", "week", "month", "all")
 GROUPS = ("model", "provider", "call_type", "subject_type", "subject_id", "endpoint", "tag")
@@ -170,15 +170,13 @@ def _grain(query: SpendQuery) -> str:
 def _narrow_tables(query: SpendQuery) -> tuple[str, str] | None:
     """The hourly and daily tables of spend per bucket and subject alone, or per bucket and
     model, provider and call type alone, when they can answer: the report is at their grain
-    and neither groups nor filters by anything else."""
+    (``rollups.NARROW``) and neither groups nor filters by anything else."""
     named = set(query.group_by) | set(query.filters())
     grain = _grain(query)
-    if grain == "subject_type <> ''" and named <= set(SUBJECT_KEYS):
-        hourly, daily = SUBJECT_TABLES
-        return hourly, daily
-    if grain == "subject_type = '' AND tag = ''" and named <= set(MODEL_KEYS):
-        hourly, daily = MODEL_TABLES
-        return hourly, daily
+    for hourly, daily in (tuple(SUBJECT_TABLES), tuple(MODEL_TABLES)):
+        keys, rows = NARROW[hourly]
+        if grain == rows and named <= set(keys):
+            return hourly, daily
     return None
 
 
