@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Row
 
 from app.alerts import service as alerts
 from app.budgets import escrow, queries
@@ -178,8 +178,9 @@ def reserve(
         raise InvalidInput("ttl must be positive", field="ttl_seconds")
     unique = _unique_subjects(subjects)
     metadata = metadata or {}
+    subject_json = [s.as_dict() for s in unique]
     content = {
-        "subjects": [s.as_dict() for s in unique],
+        "subjects": subject_json,
         "amount": amount_pico_usd,
         "ttl": ttl_seconds,
         "model": model,
@@ -218,48 +219,51 @@ def reserve(
         budgets=tuple(remaining),
         details=details or {},
     )
-    queries.insert_reservation(
+    # The reservation row, its event and the idempotency response: one round trip.
+    ledger.append_many(
         conn,
-        {
-            "org": org,
-            "reservation_id": reservation.reservation_id,
-            "request_id": request_id,
-            "state": "held",
-            "amount_pico_usd": amount_pico_usd,
-            "subjects": content["subjects"],
-            "holds": _holds_payload(holds),
-            "model": model,
-            "provider": provider,
-            "metadata": metadata,
-            "reserved_at": now,
-            "expires_at": reservation.expires_at,
-            "overrun": False,
-            "late": False,
-            "version": 1,
-        },
-    )
-    ledger.append(
-        conn,
-        org=org,
-        event_type=events.RESERVED,
-        occurred_at=now,
-        request_id=request_id,
-        reservation_id=reservation.reservation_id,
-        budget_ids=[h.budget_id for h in holds],
-        amount_pico_usd=amount_pico_usd,
-        payload={
-            "subjects": content["subjects"],
-            "holds": _holds_payload(holds),
-            "deltas": _delta_payload(deltas),
-            "expires_at": reservation.expires_at.isoformat(),
-            "model": model,
-            "provider": provider,
-            "metadata": metadata,
-            "version": 1,
-        },
-    )
-    idempotency.store(
-        conn, org=org, operation="reserve", key=request_id, response=reservation_json(reservation)
+        [
+            {
+                "org": org,
+                "event_type": events.RESERVED,
+                "occurred_at": now,
+                "request_id": request_id,
+                "reservation_id": reservation.reservation_id,
+                "budget_ids": [h.budget_id for h in holds],
+                "amount_pico_usd": amount_pico_usd,
+                "payload": {
+                    "subjects": content["subjects"],
+                    "holds": _holds_payload(holds),
+                    "deltas": _delta_payload(deltas),
+                    "expires_at": reservation.expires_at.isoformat(),
+                    "model": model,
+                    "provider": provider,
+                    "metadata": metadata,
+                    "version": 1,
+                },
+            }
+        ],
+        alongside=[
+            queries.inserting_reservation(
+                org=org,
+                reservation_id=reservation.reservation_id,
+                request_id=request_id,
+                amount_pico_usd=amount_pico_usd,
+                subjects=subject_json,
+                holds=_holds_payload(holds),
+                model=model,
+                provider=provider,
+                metadata=metadata,
+                reserved_at=now,
+                expires_at=reservation.expires_at,
+            ),
+            idempotency.storing(
+                org=org,
+                operation="reserve",
+                key=request_id,
+                response=reservation_json(reservation),
+            ),
+        ],
     )
     return reservation
 
@@ -368,34 +372,22 @@ def _usage_events(
     ]
 
 
-def commit_reservation(
-    conn: Connection,
-    *,
-    org: str,
-    reservation_id: UUID,
-    cost_pico_usd: int,
-    records: Sequence[UsageRecord] = (),
-    now: datetime | None = None,
-    idempotency_content: Any = None,
-    details: dict[str, Any] | None = None,
-) -> Settlement:
-    """Release the hold and charge the actual cost, with one usage event per message.
+def claim_commit(
+    conn: Connection, *, org: str, reservation_id: UUID, content: Any
+) -> Settlement | Row[Any]:
+    """Claim the commit's idempotency key, then lock the reservation (the lock order).
 
-    A cost above the hold is charged in full and flagged as an overrun; a commit after the
-    hold expired is charged all the same and flagged as late.
-    """
-    _check_records(cost_pico_usd, records)
-    content = {"cost": cost_pico_usd, "records": [r.to_payload() for r in records]}
+    Returns the first commit's settlement when ``content`` repeats it, else the reservation's
+    row, locked, still held or expired; raises when it is missing, committed or cancelled."""
     previous = idempotency.claim(
         conn,
         org=org,
         operation="commit",
         key=str(reservation_id),
-        content_fingerprint=idempotency.fingerprint(idempotency_content or content),
+        content_fingerprint=idempotency.fingerprint(content),
     )
     if previous is not None:
         return settlement_from_json(previous)
-    now = now or datetime.now(UTC)
     row = queries.lock_reservation(conn, org=org, reservation_id=reservation_id)
     if row is None:
         raise ReservationNotFound(
@@ -407,6 +399,38 @@ def commit_reservation(
             reservation_id=str(reservation_id),
             state=row.state,
         )
+    return row
+
+
+def commit_reservation(
+    conn: Connection,
+    *,
+    org: str,
+    reservation_id: UUID,
+    cost_pico_usd: int,
+    records: Sequence[UsageRecord] = (),
+    now: datetime | None = None,
+    idempotency_content: Any = None,
+    details: dict[str, Any] | None = None,
+    claimed: Row[Any] | None = None,
+) -> Settlement:
+    """Release the hold and charge the actual cost, with one usage event per message.
+
+    A cost above the hold is charged in full and flagged as an overrun; a commit after the
+    hold expired is charged all the same and flagged as late. ``claimed``: the row that
+    ``claim_commit`` returned in this transaction (the key claimed and the row locked).
+    """
+    _check_records(cost_pico_usd, records)
+    if claimed is None:
+        content = {"cost": cost_pico_usd, "records": [r.to_payload() for r in records]}
+        found = claim_commit(
+            conn, org=org, reservation_id=reservation_id, content=idempotency_content or content
+        )
+        if isinstance(found, Settlement):
+            return found
+        claimed = found
+    row = claimed
+    now = now or datetime.now(UTC)
     still_held = row.state == "held"
     late = not still_held or now > row.expires_at
     release = row.amount_pico_usd if still_held else 0
@@ -417,17 +441,18 @@ def commit_reservation(
     deltas = _deltas(applied)
     overrun = cost_pico_usd > row.amount_pico_usd
     flagged = _over_limit(conn, org=org, applied=applied)
-    queries.update_reservation(
-        conn,
+    settlement = Settlement(
         org=org,
+        request_id=row.request_id,
         reservation_id=reservation_id,
-        state="committed",
         cost_pico_usd=cost_pico_usd,
-        settled_at=now,
+        held_pico_usd=row.amount_pico_usd,
         overrun=overrun,
         late=late,
-        version=row.version + 1,
+        flagged_budgets=tuple(flagged),
+        details=details or {},
     )
+    # The reservation's new state, its events and the idempotency response: one round trip.
     ledger.append_many(
         conn,
         [
@@ -461,6 +486,23 @@ def commit_reservation(
                 occurred_at=now,
             ),
         ],
+        alongside=[
+            queries.committing_reservation(
+                org=org,
+                reservation_id=reservation_id,
+                cost_pico_usd=cost_pico_usd,
+                settled_at=now,
+                overrun=overrun,
+                late=late,
+                version=row.version + 1,
+            ),
+            idempotency.storing(
+                org=org,
+                operation="commit",
+                key=str(reservation_id),
+                response=settlement_json(settlement),
+            ),
+        ],
     )
     # After the charge's own events, so the stream shows the cause before the alert.
     _raise_alerts(
@@ -471,24 +513,6 @@ def commit_reservation(
         now=now,
         request_id=row.request_id,
         reservation_id=reservation_id,
-    )
-    settlement = Settlement(
-        org=org,
-        request_id=row.request_id,
-        reservation_id=reservation_id,
-        cost_pico_usd=cost_pico_usd,
-        held_pico_usd=row.amount_pico_usd,
-        overrun=overrun,
-        late=late,
-        flagged_budgets=tuple(flagged),
-        details=details or {},
-    )
-    idempotency.store(
-        conn,
-        org=org,
-        operation="commit",
-        key=str(reservation_id),
-        response=settlement_json(settlement),
     )
     return settlement
 

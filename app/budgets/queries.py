@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy.types import Boolean, DateTime, Integer
 from app.budgets.model import Budget, Hold, Subject
 from app.budgets.tables import budget_slices, budgets, reservations
 from app.db.metadata import PicoUSD
+from app.money import pico_text
 
 
 def to_budget(row: Row[Any]) -> Budget:
@@ -33,6 +35,14 @@ def to_budget(row: Row[Any]) -> Budget:
     )
 
 
+_BUDGET_COLUMNS = ", ".join(c.name for c in budgets.columns)
+_LOCK_BUDGETS = text(
+    f"SELECT {_BUDGET_COLUMNS} FROM budgets"
+    " WHERE org = :org AND budget_id = ANY(CAST(:budget_ids AS uuid[]))"
+    " ORDER BY budget_id FOR UPDATE"
+).columns(*budgets.columns)
+
+
 def lock_budgets_by_id(conn: Connection, *, org: str, budget_ids: Iterable[UUID]) -> list[Budget]:
     """The budgets ``budget_ids``, row-locked in budget_id order.
 
@@ -43,16 +53,9 @@ def lock_budgets_by_id(conn: Connection, *, org: str, budget_ids: Iterable[UUID]
     ids = sorted(set(budget_ids))
     if not ids:
         return []
-    query = (
-        select(budgets)
-        .where(budgets.c.org == org, budgets.c.budget_id.in_(ids))
-        .order_by(budgets.c.budget_id)
-        .with_for_update()
-    )
-    return [to_budget(row) for row in conn.execute(query)]
+    rows = conn.execute(_LOCK_BUDGETS, {"org": org, "budget_ids": ids})
+    return [to_budget(row) for row in rows]
 
-
-_BUDGET_COLUMNS = ", ".join(c.name for c in budgets.columns)
 
 # The budgets of some subjects in budget_id order, where those below the first sliced one are
 # row-locked (the lock order, docs/ledger.md: budgets by id, and a sliced budget's row is not
@@ -203,6 +206,79 @@ def add_to_periods(
         )
         for r in rows
     }
+
+
+# Commits, cancels, expiries and extends: the budgets of a reservation's holds row-locked in
+# budget_id order, and the change added to the periods of the unsliced ones, in one statement.
+# Each period row is changed after its budget's lock (the upsert reads the locked rows).
+_LOCK_AND_ADD = text(
+    f"""
+WITH locked AS (
+    SELECT {_BUDGET_COLUMNS} FROM budgets
+    WHERE org = :org AND budget_id = ANY(CAST(:budget_ids AS uuid[]))
+    ORDER BY budget_id
+    FOR UPDATE
+), added AS (
+    INSERT INTO budget_periods AS p
+        (org, budget_id, period_start, period_end, spent_pico_usd, held_pico_usd)
+    SELECT :org, d.budget_id, d.period_start, d.period_end, d.spent, d.held
+    FROM unnest(CAST(:plain_ids AS uuid[]), CAST(:starts AS timestamptz[]),
+                CAST(:ends AS timestamptz[]), CAST(:spent AS numeric[]), CAST(:held AS numeric[]))
+         AS d (budget_id, period_start, period_end, spent, held)
+    JOIN locked AS b ON b.budget_id = d.budget_id AND b.escrow_slices = 1
+    ORDER BY d.budget_id, d.period_start
+    ON CONFLICT (org, budget_id, period_start) DO UPDATE
+    SET spent_pico_usd = p.spent_pico_usd + excluded.spent_pico_usd,
+        held_pico_usd = p.held_pico_usd + excluded.held_pico_usd
+    RETURNING p.budget_id, p.period_start,
+        p.spent_pico_usd + (SELECT coalesce(sum(x.spent_pico_usd), 0) FROM budget_slices x
+            WHERE x.org = p.org AND x.budget_id = p.budget_id
+              AND x.period_start = p.period_start) AS total_spent_pico_usd,
+        p.held_pico_usd + (SELECT coalesce(sum(x.held_pico_usd), 0) FROM budget_slices x
+            WHERE x.org = p.org AND x.budget_id = p.budget_id
+              AND x.period_start = p.period_start) AS total_held_pico_usd
+)
+SELECT b.*, a.period_start AS added_period_start, a.total_spent_pico_usd, a.total_held_pico_usd
+FROM locked AS b LEFT JOIN added AS a ON a.budget_id = b.budget_id
+ORDER BY b.budget_id
+"""
+).columns(
+    *budgets.columns,
+    column("added_period_start"),
+    column("total_spent_pico_usd", type_=PicoUSD()),
+    column("total_held_pico_usd", type_=PicoUSD()),
+)
+
+
+def lock_and_add(
+    conn: Connection, *, org: str, holds: Sequence[Hold], spent: int, held: int
+) -> list[tuple[Budget, tuple[int, int] | None]]:
+    """Lock the budgets of ``holds`` in budget_id order and add (spent, held) to the periods of
+    the unsliced holds whose budget is unsliced (the plain path); each budget with its period's
+    totals after the change (escrow slices included), or None where nothing was added (a
+    sliced hold or budget: the caller takes the slow path for it). One hold per budget."""
+    plain = [h for h in holds if h.slice is None]
+    rows = conn.execute(
+        _LOCK_AND_ADD,
+        {
+            "org": org,
+            "budget_ids": sorted({h.budget_id for h in holds}),
+            "plain_ids": [h.budget_id for h in plain],
+            "starts": [h.period_start for h in plain],
+            "ends": [h.period_end for h in plain],
+            "spent": [pico_text(spent)] * len(plain),
+            "held": [pico_text(held)] * len(plain),
+        },
+    )
+    return [
+        (
+            to_budget(row),
+            None
+            if row.added_period_start is None
+            else (row.total_spent_pico_usd, row.total_held_pico_usd),
+        )
+        for row in rows
+    ]
 
 
 def period_row(conn: Connection, *, org: str, hold: Hold) -> tuple[int, int]:
@@ -479,14 +555,16 @@ def sliced_periods_at(
     ]
 
 
+_RESERVATION_COLUMNS = ", ".join(c.name for c in reservations.columns)
+_LOCK_RESERVATION = text(
+    f"SELECT {_RESERVATION_COLUMNS} FROM reservations"
+    " WHERE org = :org AND reservation_id = :reservation_id FOR UPDATE"
+).columns(*reservations.columns)
+
+
 def lock_reservation(conn: Connection, *, org: str, reservation_id: UUID) -> Row[Any] | None:
     """The reservation row, locked: first in the lock order after the idempotency key."""
-    query = (
-        select(reservations)
-        .where(reservations.c.org == org, reservations.c.reservation_id == reservation_id)
-        .with_for_update()
-    )
-    return conn.execute(query).first()
+    return conn.execute(_LOCK_RESERVATION, {"org": org, "reservation_id": reservation_id}).first()
 
 
 def find_reservation(conn: Connection, *, reservation_id: UUID, org: str | None) -> Row[Any] | None:
@@ -498,6 +576,78 @@ def find_reservation(conn: Connection, *, reservation_id: UUID, org: str | None)
 
 def insert_reservation(conn: Connection, values: dict[str, Any]) -> None:
     conn.execute(insert(reservations).values(**values))
+
+
+# The writes that end a reserve and a commit, as statements for ledger.append_many's
+# ``alongside`` (one round trip with the events and the idempotency response).
+_INSERT_RESERVATION = """
+INSERT INTO reservations (org, reservation_id, request_id, state, amount_pico_usd, subjects,
+    holds, model, provider, metadata, reserved_at, expires_at, overrun, late, version)
+VALUES (:new_org, :new_reservation_id, :new_request_id, 'held', CAST(:new_amount AS numeric),
+    CAST(:new_subjects AS jsonb), CAST(:new_holds AS jsonb), :new_model, :new_provider,
+    CAST(:new_metadata AS jsonb), :new_reserved_at, :new_expires_at, false, false, 1)
+"""
+
+
+def inserting_reservation(
+    *,
+    org: str,
+    reservation_id: UUID,
+    request_id: str,
+    amount_pico_usd: int,
+    subjects: list[dict[str, str]],
+    holds: list[dict[str, Any]],
+    model: str | None,
+    provider: str | None,
+    metadata: dict[str, Any],
+    reserved_at: datetime,
+    expires_at: datetime,
+) -> tuple[str, dict[str, Any]]:
+    """A new held reservation (version 1), as a statement and its parameters."""
+    return _INSERT_RESERVATION, {
+        "new_org": org,
+        "new_reservation_id": reservation_id,
+        "new_request_id": request_id,
+        "new_amount": pico_text(amount_pico_usd),
+        "new_subjects": json.dumps(subjects),
+        "new_holds": json.dumps(holds),
+        "new_model": model,
+        "new_provider": provider,
+        "new_metadata": json.dumps(metadata),
+        "new_reserved_at": reserved_at,
+        "new_expires_at": expires_at,
+    }
+
+
+_COMMIT_RESERVATION = """
+UPDATE reservations
+SET state = 'committed', cost_pico_usd = CAST(:settled_cost AS numeric),
+    settled_at = :settled_at, overrun = :settled_overrun, late = :settled_late,
+    version = :settled_version
+WHERE org = :settled_org AND reservation_id = :settled_reservation_id
+"""
+
+
+def committing_reservation(
+    *,
+    org: str,
+    reservation_id: UUID,
+    cost_pico_usd: int,
+    settled_at: datetime,
+    overrun: bool,
+    late: bool,
+    version: int,
+) -> tuple[str, dict[str, Any]]:
+    """A locked reservation marked committed, as a statement and its parameters."""
+    return _COMMIT_RESERVATION, {
+        "settled_org": org,
+        "settled_reservation_id": reservation_id,
+        "settled_cost": pico_text(cost_pico_usd),
+        "settled_at": settled_at,
+        "settled_overrun": overrun,
+        "settled_late": late,
+        "settled_version": version,
+    }
 
 
 def update_reservation(conn: Connection, *, org: str, reservation_id: UUID, **values: Any) -> None:

@@ -4,6 +4,7 @@ priced from the provider's usage. Composes the pricing engine with the budgets' 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,9 +13,9 @@ from uuid import UUID
 
 from sqlalchemy import Connection
 
-from app.budgets import holds, queries
+from app.budgets import holds
 from app.budgets import service as budgets
-from app.budgets.errors import BudgetExceeded, ReservationNotFound
+from app.budgets.errors import BudgetExceeded
 from app.budgets.model import BudgetStatus, Reservation, Settlement, Subject
 from app.errors import InvalidInput, LedgerError
 from app.ledger import idempotency
@@ -300,29 +301,33 @@ def commit(
     metadata: dict[str, Any] | None = None,
     idempotency_content: Any = None,
 ) -> Settlement:
-    """Price each message's usage and commit the reservation with the exact total."""
-    row = queries.find_reservation(conn, reservation_id=reservation_id, org=org)
-    if row is None:
-        raise ReservationNotFound(
-            f"no reservation {reservation_id}", reservation_id=str(reservation_id)
-        )
-    try:
-        records, quotes = _price_messages(
-            table,
-            messages,
-            model=model or row.model,
-            provider=provider or row.provider,
-            billing_time=billing_time,
-            metadata={**row.metadata, **(metadata or {})},
-        )
-    except LedgerError:
-        key = str(reservation_id)
-        previous = _previous(
-            conn, org=org, operation="commit", key=key, content=idempotency_content
-        )
-        if previous is not None:
-            return holds.settlement_from_json(previous)
-        raise
+    """Price each message's usage and commit the reservation with the exact total.
+
+    The idempotency key is claimed and the reservation locked before pricing: a retry gets
+    the first settlement back without being priced again (prices may have changed since), and
+    the reservation's model and metadata are read once, under its lock. ``idempotency_content``
+    (the API passes the request body) defaults to these arguments."""
+    if idempotency_content is None:
+        idempotency_content = {
+            "messages": [dataclasses.asdict(m) for m in messages],
+            "model": model,
+            "provider": provider,
+            "billing_time": billing_time,
+            "metadata": metadata,
+        }
+    claimed = holds.claim_commit(
+        conn, org=org, reservation_id=reservation_id, content=idempotency_content
+    )
+    if isinstance(claimed, Settlement):
+        return claimed
+    records, quotes = _price_messages(
+        table,
+        messages,
+        model=model or claimed.model,
+        provider=provider or claimed.provider,
+        billing_time=billing_time,
+        metadata={**claimed.metadata, **(metadata or {})},
+    )
     return holds.commit_reservation(
         conn,
         org=org,
@@ -331,6 +336,7 @@ def commit(
         records=records,
         idempotency_content=idempotency_content,
         details={"messages": quotes},
+        claimed=claimed,
     )
 
 

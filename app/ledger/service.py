@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -11,9 +13,9 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     RowMapping,
+    TextClause,
     and_,
     func,
-    insert,
     literal_column,
     select,
     text,
@@ -21,6 +23,7 @@ from sqlalchemy import (
 
 from app.ledger.events import CURRENT_VERSIONS, Event, Payload, upcast
 from app.ledger.tables import ledger_events
+from app.money import pico_text
 
 # Readers return only events of transactions older than every transaction still running:
 # their seq is below (snapshot xmin << 20), and nothing can be inserted there any more.
@@ -63,24 +66,85 @@ def append(
     )
 
 
-def append_many(conn: Connection, events: Sequence[dict[str, Any]]) -> None:
-    """Append several events in one statement (seq is assigned by the database, in order)."""
-    if not events:
-        return
+# The events of one call go to PostgreSQL as one JSON array and in one statement, whatever
+# their number; the fixed text lets psycopg prepare it. Rows are inserted in array order, so
+# the seq trigger numbers them in the order given.
+_EVENT_COLUMNS = (
+    "org, event_type, schema_version, request_id, reservation_id, budget_id, budget_ids,"
+    " amount_pico_usd, payload, occurred_at"
+)
+APPEND_EVENTS = f"""
+INSERT INTO ledger_events ({_EVENT_COLUMNS})
+SELECT {_EVENT_COLUMNS}
+FROM ROWS FROM (jsonb_to_recordset(CAST(:events AS jsonb)) AS (
+    org text, event_type text, schema_version integer, request_id text, reservation_id uuid,
+    budget_id uuid, budget_ids uuid[], amount_pico_usd numeric, payload jsonb,
+    occurred_at timestamptz
+)) WITH ORDINALITY AS e ({_EVENT_COLUMNS}, position)
+ORDER BY position
+"""
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _optional_pico(value: Any) -> str | None:
+    return None if value is None else pico_text(value)
+
+
+def events_json(events: Sequence[dict[str, Any]]) -> str:
+    """The ``:events`` parameter of ``APPEND_EVENTS``: each event at the current schema
+    version of its type, amounts as decimal strings (exact), times in ISO 8601 with offset."""
     rows = []
     for event in events:
-        row = {
-            "request_id": None,
-            "reservation_id": None,
-            "budget_id": None,
-            "budget_ids": [],
-            "amount_pico_usd": None,
-            **event,
-        }
-        row["schema_version"] = CURRENT_VERSIONS[row["event_type"]]
-        row["budget_ids"] = list(row["budget_ids"])
-        rows.append(row)
-    conn.execute(insert(ledger_events), rows)
+        occurred_at: datetime = event["occurred_at"]
+        if occurred_at.tzinfo is None:
+            raise ValueError("an event's occurred_at must carry a time zone")
+        rows.append(
+            {
+                "org": event["org"],
+                "event_type": event["event_type"],
+                "schema_version": CURRENT_VERSIONS[event["event_type"]],
+                "request_id": event.get("request_id"),
+                "reservation_id": _optional_text(event.get("reservation_id")),
+                "budget_id": _optional_text(event.get("budget_id")),
+                "budget_ids": [str(b) for b in event.get("budget_ids", ())],
+                "amount_pico_usd": _optional_pico(event.get("amount_pico_usd")),
+                "payload": event["payload"],
+                "occurred_at": occurred_at.isoformat(),
+            }
+        )
+    return json.dumps(rows, separators=(",", ":"))
+
+
+@functools.cache
+def _statement(alongside: tuple[str, ...]) -> TextClause:
+    if not alongside:
+        return text(APPEND_EVENTS)
+    ctes = ", ".join(f"change_{index} AS ({sql})" for index, sql in enumerate(alongside))
+    return text(f"WITH {ctes}\n{APPEND_EVENTS}")
+
+
+def append_many(
+    conn: Connection,
+    events: Sequence[dict[str, Any]],
+    *,
+    alongside: Sequence[tuple[str, dict[str, Any]]] = (),
+) -> None:
+    """Append several events in one statement (seq is assigned by the database, in order).
+
+    ``alongside``: data-modifying statements of the same transaction (SQL text, its named
+    parameters) run in the same statement, so that a request's last writes (its reservation
+    row, its events, its idempotency response) cost one round trip. Their parameter names must
+    differ from each other's and from ``events``; none may read what another writes.
+    """
+    if not events and not alongside:
+        return
+    parameters: dict[str, Any] = {"events": events_json(events)}
+    for _, own in alongside:
+        parameters.update(own)
+    conn.execute(_statement(tuple(sql for sql, _ in alongside)), parameters)
 
 
 def _to_event(row: RowMapping) -> Event:

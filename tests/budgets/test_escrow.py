@@ -298,3 +298,36 @@ def test_alerts_of_concurrent_commits_on_different_slices_are_raised_once(
         )
     assert levels == Counter({"warning": 1, "critical": 1})
     check_ledger(engine)
+
+
+def test_holds_on_plain_and_sliced_budgets_settle_together_exactly(engine: Engine) -> None:
+    """One reservation on a plain key budget, a plain team budget and a sliced org budget:
+    the statement that locks a run of budgets and adds to the plain periods, and the pooling of
+    the sliced one after it, each refuse and charge exactly."""
+    key = Subject("key", "k1")
+    key_id = _define(engine, key, USD, 1)
+    team_id = _define(engine, TEAM, 2 * USD, 1)
+    org_id = _define(engine, ORG, 3 * USD, 4)
+    every = [key, TEAM, ORG]
+    first = _reserve(engine, "first", 40 * CENT, every)
+    assert first is not None
+    with pytest.raises(BudgetExceeded) as refused, engine.begin() as conn:
+        holds.extend(  # the key has 60 cents left: raising the hold by 61 is refused
+            conn, org="acme", reservation_id=first.reservation_id, amount_pico_usd=101 * CENT
+        )
+    assert refused.value.fields["budget_id"] == str(key_id)
+    with engine.begin() as conn:
+        holds.extend(
+            conn, org="acme", reservation_id=first.reservation_id, amount_pico_usd=100 * CENT
+        )
+    assert [_spent_held(engine, b) for b in (key_id, team_id, org_id)] == [(0, USD)] * 3
+    _commit(engine, first.reservation_id, 130 * CENT)  # an overrun: the slow path everywhere
+    assert [_spent_held(engine, b) for b in (key_id, team_id, org_id)] == [(130 * CENT, 0)] * 3
+    assert all(is_open for _, _, is_open in _slices(engine, org_id))
+    assert sum(h for _, h, _ in _slices(engine, org_id)) == 170 * CENT
+    second = _reserve(engine, "second", 10 * CENT, [TEAM, ORG])
+    assert second is not None
+    _commit(engine, second.reservation_id, 4 * CENT)  # under the hold: a slice and a plain row
+    assert _spent_held(engine, team_id) == (134 * CENT, 0)
+    assert _spent_held(engine, org_id) == (134 * CENT, 0)
+    check_ledger(engine)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -114,6 +116,57 @@ def test_seq_is_increasing_within_a_transaction(conn: Connection) -> None:
         .all()
     )
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
+
+
+def test_events_are_stored_exactly_in_the_order_given(conn: Connection) -> None:
+    """Several events in one statement: amounts past 64 bits, microseconds and offsets, ids
+    and payloads come back as given, numbered in the order given."""
+    berlin = datetime(2026, 3, 29, 2, 59, 59, 999999, tzinfo=timezone(timedelta(hours=2)))
+    reservation = uuid.uuid4()
+    budgets = [uuid.uuid4(), uuid.uuid4()]
+    given = [
+        {
+            "org": "acme",
+            "event_type": events.COMMITTED,
+            "occurred_at": berlin,
+            "request_id": f"exact-{index}",
+            "reservation_id": reservation if index else None,
+            "budget_ids": budgets[:index],
+            "amount_pico_usd": 10**30 + index if index != 1 else None,
+            "payload": {"index": index, "text": "é \\ \" ✓", "big": 2**70},
+        }
+        for index in range(3)
+    ]
+    ledger.append_many(conn, given)
+    rows = conn.execute(
+        text(
+            "SELECT request_id, reservation_id, budget_ids, amount_pico_usd, payload, occurred_at"
+            " FROM ledger_events WHERE request_id LIKE 'exact-%' ORDER BY seq"
+        )
+    ).all()
+    assert [r.request_id for r in rows] == ["exact-0", "exact-1", "exact-2"]
+    for row, event in zip(rows, given, strict=True):
+        assert row.reservation_id == event["reservation_id"]
+        assert row.budget_ids == event["budget_ids"]
+        amount = event["amount_pico_usd"]
+        assert row.amount_pico_usd == (None if amount is None else Decimal(amount))
+        assert row.payload == event["payload"]
+        assert row.occurred_at == berlin
+
+
+@pytest.mark.parametrize("amount", [0.5, True, Decimal("1")])
+def test_an_event_amount_that_is_not_int_pico_usd_is_refused(
+    conn: Connection, amount: object
+) -> None:
+    with pytest.raises(TypeError, match="int pico-USD"):
+        ledger.append(
+            conn,
+            org="acme",
+            event_type=events.USAGE_RECORDED,
+            occurred_at=NOW,
+            amount_pico_usd=amount,  # type: ignore[arg-type]
+            payload={},
+        )
 
 
 def test_paging_never_misses_a_late_commit(engine: Engine) -> None:
