@@ -133,7 +133,7 @@ def test_events_are_stored_exactly_in_the_order_given(conn: Connection) -> None:
             "reservation_id": reservation if index else None,
             "budget_ids": budgets[:index],
             "amount_pico_usd": 10**30 + index if index != 1 else None,
-            "payload": {"index": index, "text": "é \\ \" ✓", "big": 2**70},
+            "payload": {"index": index, "text": 'é \\ " ✓', "big": 2**70},
         }
         for index in range(3)
     ]
@@ -149,7 +149,7 @@ def test_events_are_stored_exactly_in_the_order_given(conn: Connection) -> None:
         assert row.reservation_id == event["reservation_id"]
         assert row.budget_ids == event["budget_ids"]
         amount = event["amount_pico_usd"]
-        assert row.amount_pico_usd == (None if amount is None else Decimal(amount))
+        assert row.amount_pico_usd == (None if amount is None else Decimal(str(amount)))
         assert row.payload == event["payload"]
         assert row.occurred_at == berlin
 
