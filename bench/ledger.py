@@ -32,7 +32,8 @@ Between cells the script waits until the rollup folder and the audit checkpointe
 up and VACUUMs (ANALYZE) its tables (the shared server may run with autovacuum off), so that no
 cell pays for another's backlog. After the closed-loop cells of a scenario, one more HTTP cell
 runs open-loop (Poisson arrivals) at half the scenario's best HTTP pairs/s, for the latency
-goal. Unless ``--no-profile``, an extra (a) cell at 16 clients runs under py-spy (installed in
+goal, and pgbench is offered the same rate beside it (``-R``: latency from each pair's
+scheduled start, as in the HTTP open loop). Unless ``--no-profile``, an extra (a) cell at 16 clients runs under py-spy (installed in
 the venv): a flame graph, the top frames by own time while holding the GIL, and what the
 server's threads wait on. Errors are counted over whole cells, warm-up included.
 
@@ -586,6 +587,7 @@ class RawCell:
     error_detail: str
     machine_busy: float
     load1: float
+    rate: float | None = None  # open loop (pgbench -R): the pairs/s offered
 
 
 def run_http(
@@ -682,16 +684,26 @@ def pgbench_variables(scenario: str) -> list[str]:
 
 
 def run_raw(
-    url: str, workdir: Path, *, scenario: str, clients: int, seconds: float, warmup: float
+    url: str,
+    workdir: Path,
+    *,
+    scenario: str,
+    clients: int,
+    seconds: float,
+    warmup: float,
+    rate: float | None = None,
 ) -> RawCell:
-    """One raw cell: pgbench with the same client count, window and warm-up."""
-    prefix = workdir / f"pgbench-{scenario}-{clients}"
+    """One raw cell: pgbench with the same client count, window and warm-up; with ``rate``,
+    open loop at that many pairs/s (``-R``: each pair's latency counts from its scheduled
+    start, as the HTTP driver's open loop does)."""
+    prefix = workdir / f"pgbench-{scenario}-{clients}{'-open' if rate else ''}"
     for old in workdir.glob(f"{prefix.name}.*"):
         old.unlink()
     parts = urlsplit(url)
     duration = math.ceil(warmup + seconds)
     command = ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "1",
                "-T", str(duration), "-r", "-l", f"--log-prefix={prefix}",
+               *(["-R", f"{rate:.3f}"] if rate else []),
                "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432),
                "-U", parts.username or "postgres", "-f", str(SQL_SCRIPT),
                *pgbench_variables(scenario), parts.path.lstrip("/")]  # fmt: skip
@@ -745,6 +757,7 @@ def run_raw(
         error_detail=detail or (f"{refused} refused" if refused else ""),
         machine_busy=busy,
         load1=load1,
+        rate=rate,
     )
 
 
@@ -948,16 +961,18 @@ def print_table(http: list[HttpCell], raw: dict[tuple[str, int], RawCell]) -> li
     )
     lines = [head, "| --- | --- |" + " ---: |" * 10]
     for cell in http:
-        other = raw.get((cell.scenario, cell.clients)) if cell.rate is None else None
+        # An open-loop cell sits beside raw SQL offered the same rate (key clients 0).
+        other = raw.get((cell.scenario, cell.clients if cell.rate is None else 0))
         clients = str(cell.clients) if cell.rate is None else f"open, {cell.rate:,.0f}/s"
         errors = str(cell.error_count) + (f" / {other.errors}" if other else "")
+        ratio = cell.pairs_per_s / other.pairs_per_s if other and other.pairs else math.nan
         lines.append(
             f"| ({cell.scenario}) | {clients} | {fmt(cell.pairs_per_s, 0)}"
             f" | {fmt(cell.reserve_p50)} / {fmt(cell.reserve_p99)}"
             f" | {fmt(cell.commit_p50)} / {fmt(cell.commit_p99)} | {fmt(cell.pair_p99)}"
             f" | {errors} | {fmt(other.pairs_per_s, 0) if other else ''}"
             f" | {(fmt(other.pair_p50) + ' / ' + fmt(other.pair_p99)) if other else ''}"
-            f" | {fmt(cell.pairs_per_s / other.pairs_per_s, 2) if other and other.pairs else ''}"
+            f" | {fmt(ratio, 2) if cell.rate is None and other else ''}"
             f" | {cell.server_cpu:.2f}, {cell.server_cpu_ms_per_pair:.1f} | {cell.load1:.1f} |"
         )
     for line in lines:
@@ -1209,6 +1224,17 @@ def main() -> int:
                           f" {fmt(cell.reserve_p50)}/{fmt(cell.reserve_p99)} ms, commit p99"
                           f" {fmt(cell.commit_p99)} ms, errors {cell.errors or 0},"
                           f" late starts {cell.late_starts}", flush=True)  # fmt: skip
+                    if not args.no_raw:
+                        settle(url)
+                        open_raw = run_raw(
+                            url, workdir, scenario=scenario, clients=max(clients),
+                            seconds=args.seconds, warmup=args.warmup, rate=best / 2,
+                        )  # fmt: skip
+                        raw_cells[(scenario, 0)] = open_raw
+                        print(f"({scenario}) raw SQL open loop at {best / 2:.0f} pairs/s:"
+                              f" {open_raw.pairs_per_s:.1f} pairs/s, pair p50/p99"
+                              f" {fmt(open_raw.pair_p50)}/{fmt(open_raw.pair_p99)} ms,"
+                              f" errors {open_raw.errors}", flush=True)  # fmt: skip
 
     print(f"\nload average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"database at end: {probe(url)}\n")
@@ -1280,7 +1306,7 @@ def goals(http: list[HttpCell], raw: dict[tuple[str, int], RawCell]) -> list[str
         by_scenario[cell.scenario].append(cell)
     for scenario, cells in by_scenario.items():
         closed = [c for c in cells if c.rate is None]
-        raws = [r for (s, _), r in raw.items() if s == scenario]
+        raws = [r for (s, _), r in raw.items() if s == scenario and r.rate is None]
         best = max(closed, key=lambda c: c.pairs_per_s, default=None)
         best_raw = max(raws, key=lambda r: r.pairs_per_s, default=None)
         if best and best_raw and best_raw.pairs_per_s > 0:
@@ -1294,10 +1320,17 @@ def goals(http: list[HttpCell], raw: dict[tuple[str, int], RawCell]) -> list[str
         for cell in cells:
             if cell.rate is not None:
                 met = cell.reserve_p99 < GOAL_RESERVE_P99_MS
+                open_raw = raw.get((scenario, 0))
                 out.append(
                     f"({scenario}) at half load ({cell.rate:,.0f} pairs/s offered): reserve p99"
                     f" {fmt(cell.reserve_p99)} ms (goal < {GOAL_RESERVE_P99_MS:.0f} ms: "
                     + ("met)" if met else "NOT met)")
+                    + (
+                        f"; raw SQL offered the same rate: pair p50/p99"
+                        f" {fmt(open_raw.pair_p50)}/{fmt(open_raw.pair_p99)} ms"
+                        if open_raw
+                        else ""
+                    )
                 )
     return out
 
