@@ -85,10 +85,18 @@ def _refuse_unstorable_parameters(request: Request) -> None:
             raise InvalidInput(f"{name} must not contain a NUL character", field=name)
 
 
-def require(scope: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
-    """A dependency admitting keys of ``scope`` (admin keys are admitted everywhere)."""
+def require(scope: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
+    """A dependency admitting keys of ``scope`` (admin keys are admitted everywhere).
 
-    async def check(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+    One dependency with ``principal``'s own parameters rather than one depending on it:
+    FastAPI solves each dependency of every request, and on the hot routes that was a tenth of
+    the server's CPU (docs/benchmarks.md, "Run of 08:45 UTC (23 Nov)")."""
+
+    async def check(
+        request: Request,
+        authorization: Annotated[str | None, Header(description="Bearer API key")] = None,
+    ) -> Principal:
+        caller = await principal(request, authorization)
         if not caller.allows(scope):
             raise Forbidden(
                 f"this endpoint needs a {scope} key; this key's scope is {caller.scope}",
@@ -106,6 +114,18 @@ Caller = Annotated[Principal, Depends(principal)]
 Db = Annotated[Engine, Depends(engine)]
 Prices = Annotated[PriceTable, Depends(prices)]
 Book = Annotated[PriceBook, Depends(price_book)]
+
+
+def engine_of(request: Request) -> Engine:
+    """The app's engine, for async routes that take it without a dependency of its own."""
+    result: Engine = request.app.state.engine
+    return result
+
+
+def book_of(request: Request) -> PriceBook:
+    """The app's price book (see ``price_book``), without a dependency of its own."""
+    book: PriceBook = request.app.state.prices
+    return book
 
 
 def write_org(caller: Principal, org: str | None) -> str:

@@ -17,7 +17,16 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from app.api.deps import Book, Caller, Db, Gateway, Prices, read_org, write_org
+from app.api.deps import (
+    Caller,
+    Db,
+    Gateway,
+    Prices,
+    book_of,
+    engine_of,
+    read_org,
+    write_org,
+)
 from app.api.schemas import (
     CancelIn,
     CommitIn,
@@ -164,7 +173,7 @@ def _body(request_body: Any) -> Any:
     responses=BUDGET_ERRORS,
 )
 async def create_reservation(
-    body: ReservationCreate, caller: Gateway, engine: Db, book: Book, request: Request
+    body: ReservationCreate, caller: Gateway, request: Request
 ) -> ReservationOut:
     """Hold a stated amount, or a request's worst case, against every budget of the subjects.
 
@@ -177,7 +186,9 @@ async def create_reservation(
     ttl = body.ttl_seconds or request.app.state.settings.default_hold_ttl_seconds
     # The route is async and hands the database work to a worker thread once: a sync route
     # would cost a second hand-off to validate the response model (docs/benchmarks.md).
-    reservation = await _in_transaction_thread(request, _reserve, engine, book, org, body, ttl)
+    reservation = await _in_transaction_thread(
+        request, _reserve, engine_of(request), book_of(request), org, body, ttl
+    )
     return _reservation_out(reservation)
 
 
@@ -233,18 +244,13 @@ def get_reservation(reservation_id: UUID, caller: Caller, engine: Db) -> Reserva
     responses={**BUDGET_ERRORS, 404: {"description": "No such reservation"}},
 )
 async def commit_reservation(
-    reservation_id: UUID,
-    body: CommitIn,
-    caller: Gateway,
-    engine: Db,
-    book: Book,
-    request: Request,
+    reservation_id: UUID, body: CommitIn, caller: Gateway, request: Request
 ) -> SettlementOut:
     """Charge the actual cost of the request, priced exactly from its usage, and release the
     hold; one usage record per message. Over the hold: charged and `overrun`; after expiry:
     charged and `late`."""
     settlement = await _in_transaction_thread(
-        request, _commit, engine, book, caller, reservation_id, body
+        request, _commit, engine_of(request), book_of(request), caller, reservation_id, body
     )
     return _settlement_out(settlement)
 
