@@ -33,9 +33,10 @@ up and VACUUMs (ANALYZE) its tables (the shared server may run with autovacuum o
 cell pays for another's backlog. After the closed-loop cells of a scenario, one more HTTP cell
 runs open-loop (Poisson arrivals) at half the scenario's best HTTP pairs/s, for the latency
 goal, and pgbench is offered the same rate beside it (``-R``: latency from each pair's
-scheduled start, as in the HTTP open loop). Unless ``--no-profile``, an extra (a) cell at 16 clients runs under py-spy (installed in
-the venv): a flame graph, the top frames by own time while holding the GIL, and what the
-server's threads wait on. Errors are counted over whole cells, warm-up included.
+scheduled start, as in the HTTP open loop). Unless ``--no-profile``, an extra (a) cell at 16
+clients runs under py-spy (installed in the venv): a flame graph, the top frames by own time
+while holding the GIL, and what the server's threads wait on. Errors are counted over whole
+cells, warm-up included.
 
 The database (``--database``, default ``ul_bench_ledger``) is dropped and created by each run
 (``--reuse`` keeps an earlier run's budgets); no other database is touched and no server

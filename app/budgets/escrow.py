@@ -310,6 +310,7 @@ def settle_holds(
     the slow path, so S holds."""
     ordered = sorted(holds, key=lambda h: h.budget_id)
     applied: list[Applied] = []
+    plain: list[tuple[Budget, Hold]] = []
     index = 0
     while index < len(ordered):
         hold = ordered[index]
@@ -320,29 +321,33 @@ def settle_holds(
             applied.append(Applied(budget, hold, spent, held, None, headroom, slice_open=is_open))
             index += 1
             continue
-        # A run of holds that need their budget's row: one statement locks the run's budgets
-        # and adds the change to the plain periods; then the sliced ones are pooled. Checks
-        # run in budget_id order, so the first budget that refuses is the one named.
+        # A run of holds that need their budget's row: lock the run in one statement. The
+        # change goes to their periods in a later one: a statement that waited for a lock
+        # keeps the snapshot it started with, and would miss what the lock's holder changed
+        # in the budget's slices (tests/budgets/test_escrow.py, "while it waited").
         end = index
         while end < len(ordered) and not (ordered[end].slice is not None and spent + held <= 0):
             end += 1
-        run = {h.budget_id: h for h in ordered[index:end]}
-        locked = queries.lock_and_add(
-            conn, org=org, holds=list(run.values()), spent=spent, held=held
-        )
-        if len(locked) != len(run):
-            missing = set(run) - {budget.budget_id for budget, _ in locked}
-            raise RuntimeError(f"budgets {sorted(map(str, missing))} of a reservation are gone")
-        for budget, totals in locked:
-            run_hold = run[budget.budget_id]
-            if totals is not None:
-                check(budget, *totals, spent + held)
-                applied.append(Applied(budget, run_hold, spent, held, totals))
+        run = ordered[index:end]
+        locked = {
+            b.budget_id: b
+            for b in queries.lock_budgets_by_id(
+                conn, org=org, budget_ids=[h.budget_id for h in run]
+            )
+        }
+        for run_hold in run:
+            budget = locked[run_hold.budget_id]
+            if run_hold.slice is None and budget.escrow_slices == 1:
+                plain.append((budget, run_hold))
             else:
+                _flush(
+                    conn, org=org, plain=plain, spent=spent, held=held, check=check, applied=applied
+                )
                 applied.append(
                     pooled(conn, budget=budget, hold=run_hold, spent=spent, held=held, check=check)
                 )
         index = end
+    _flush(conn, org=org, plain=plain, spent=spent, held=held, check=check, applied=applied)
     return sorted(applied, key=lambda a: a.budget.budget_id)
 
 

@@ -6,6 +6,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from app.overrides.service import PriceBook
+from app.pricing.table import PriceTable
+
 PROBLEM = "application/problem+json"
 
 
@@ -178,6 +181,33 @@ def test_cancel_releases_and_commit_after_cancel_is_409(client: TestClient) -> N
     )
     assert late.status_code == 409
     assert late.json()["type"].endswith("/reservation-settled")
+
+
+def test_a_commit_is_claimed_and_its_reservation_checked_before_pricing(
+    client: TestClient,
+) -> None:
+    """A retry gets the first settlement even when its usage can no longer be priced, and a
+    settled reservation answers 409 before its usage is priced."""
+    _budget(client)
+    reservation = _reserve(client, "req-p").json()
+    commit = f"/v1/reservations/{reservation['reservation_id']}/commit"
+    usage = {"usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+    first = client.post(commit, json=usage)
+    assert first.status_code == 200, first.text
+    book = client.app.state.prices  # type: ignore[attr-defined]
+    no_prices = PriceTable({}, source_id="none", label="no prices")
+    client.app.state.prices = PriceBook(no_prices, None)  # type: ignore[attr-defined]
+    try:
+        assert client.post(commit, json=usage).json() == first.json()
+        unpriced = _reserve(client, "req-q").json()
+        fresh = client.post(f"/v1/reservations/{unpriced['reservation_id']}/commit", json=usage)
+        assert fresh.status_code == 422, fresh.text  # nothing to price it with: refused
+        client.post(f"/v1/reservations/{unpriced['reservation_id']}/cancel")
+        settled = client.post(f"/v1/reservations/{unpriced['reservation_id']}/commit", json=usage)
+        assert settled.status_code == 409
+        assert settled.json()["type"].endswith("/reservation-settled")
+    finally:
+        client.app.state.prices = book  # type: ignore[attr-defined]
 
 
 def test_extend_raises_the_hold_or_is_refused(client: TestClient) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -330,4 +331,42 @@ def test_holds_on_plain_and_sliced_budgets_settle_together_exactly(engine: Engin
     _commit(engine, second.reservation_id, 4 * CENT)  # under the hold: a slice and a plain row
     assert _spent_held(engine, team_id) == (134 * CENT, 0)
     assert _spent_held(engine, org_id) == (134 * CENT, 0)
+    check_ledger(engine)
+
+
+def test_a_change_sees_what_the_lock_holder_wrote_to_the_slices_while_it_waited(
+    engine: Engine,
+) -> None:
+    """A budget unsliced again keeps a sliced-era hold: its overrun is pooled into the slices
+    under the budget's lock. An extend waiting for that lock must count it once it has the lock
+    (the totals are read in a statement started after the wait), or the budget is overspent."""
+    budget_id = _define(engine, ORG, USD, 4)
+    sliced = _reserve(engine, "sliced", 40 * CENT)
+    assert sliced is not None
+    with engine.begin() as conn:
+        budgets.change_budget(conn, org="acme", budget_id=budget_id, escrow_slices=1)
+    plain = _reserve(engine, "plain", 10 * CENT)
+    assert plain is not None
+    overrun_holds_the_lock = threading.Event()
+
+    def overrun() -> None:
+        with engine.begin() as conn:
+            holds.commit_reservation(  # 50 cents over its hold: pooled into the slices
+                conn, org="acme", reservation_id=sliced.reservation_id, cost_pico_usd=90 * CENT
+            )
+            overrun_holds_the_lock.set()
+            time.sleep(1.0)
+
+    thread = threading.Thread(target=overrun)
+    thread.start()
+    assert overrun_holds_the_lock.wait(10)
+    time.sleep(0.2)
+    try:
+        with pytest.raises(BudgetExceeded), engine.begin() as conn:
+            holds.extend(  # 90 spent + 20 held would be past the dollar
+                conn, org="acme", reservation_id=plain.reservation_id, amount_pico_usd=20 * CENT
+            )
+    finally:
+        thread.join()
+    assert _spent_held(engine, budget_id) == (90 * CENT, 10 * CENT)
     check_ledger(engine)

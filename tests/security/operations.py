@@ -63,9 +63,12 @@ def _required(route: APIRoute) -> tuple[bool, str | None]:
     calls = list(_calls(route.dependant))
     scopes = {inspect.getclosurevars(c).nonlocals["scope"] for c in calls if _is_scope_check(c)}
     assert len(scopes) <= 1, f"{route.path} requires several scopes: {scopes}"
-    # A scope check is principal's parameters and principal itself (deps.require), so it
-    # authenticates the caller as a dependency on principal would.
-    return deps.principal in calls or bool(scopes), next(iter(scopes), None)
+    # A scope check takes principal's parameters and calls principal itself (deps.require).
+    checks_call_principal = any(
+        _is_scope_check(c) and inspect.getclosurevars(c).globals.get("principal") is deps.principal
+        for c in calls
+    )
+    return deps.principal in calls or checks_call_principal, next(iter(scopes), None)
 
 
 def _schema(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
