@@ -40,6 +40,9 @@ class Settings:
     pool_timeout_seconds: float = 10.0
     connect_timeout_seconds: int = 10
     pool_pre_ping: bool = False
+    # FastAPI's native OpenTelemetry spans and metrics (they need a provider configured in the
+    # process, e.g. by opentelemetry-instrument); off, their per-request checks cost nothing.
+    opentelemetry: bool = False
 
     @staticmethod
     def from_namespace(ns: argparse.Namespace) -> Settings:
@@ -69,6 +72,7 @@ _FIELDS = (
     "pool_timeout_seconds",
     "connect_timeout_seconds",
     "pool_pre_ping",
+    "opentelemetry",
 )
 
 
@@ -193,6 +197,15 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env_flag("USAGE_LEDGER_POOL_PRE_PING"),
         help="Test each pooled connection before use, so connections dropped while idle cost "
         "no request a 503 (a round trip per checkout; env USAGE_LEDGER_POOL_PRE_PING).",
+    )
+    parser.add_argument(
+        "--opentelemetry",
+        action="store_const",
+        const=True,
+        default=_env_flag("USAGE_LEDGER_OPENTELEMETRY"),
+        help="Let FastAPI emit OpenTelemetry spans and metrics to the process's providers "
+        "(configured by e.g. opentelemetry-instrument; env USAGE_LEDGER_OPENTELEMETRY). Off: "
+        "no per-request telemetry checks.",
     )
     parser.add_argument(
         "--insecure-no-auth",

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 from sqlalchemy import Engine
 
 from app.alerts import router as alerts_router
@@ -26,6 +27,13 @@ from app.pricing.sources import load_table
 from app.reconcile import router as reconcile_router
 from app.reports import router as reports_router
 from app.reports.rollups import Folder
+
+_NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+}
 
 
 def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool = True) -> FastAPI:
@@ -56,6 +64,9 @@ def create_app(engine: Engine, settings: Settings | None = None, *, sweep: bool 
         version="0.1.0",
         summary="Exact, atomic, auditable ledger for LLM spend.",
         lifespan=lifespan,
+        # Off unless asked for: FastAPI checks for OpenTelemetry providers on every request,
+        # a few percent of the hot path's CPU (docs/benchmarks.md, "Run of 09:15 UTC").
+        telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
     )
     app.state.engine = engine
     app.state.settings = settings
