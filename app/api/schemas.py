@@ -67,6 +67,8 @@ Metadata = Annotated[
 def _storable_text(text: str) -> bool:
     if "\x00" in text:
         return False
+    if text.isascii():  # no surrogate to find: skip the encoding's copy
+        return True
     try:
         text.encode()
     except UnicodeEncodeError:  # an unpaired surrogate, from a "\ud800" JSON escape
@@ -83,6 +85,8 @@ def _unstorable(value: Any) -> str | None:
     """What in ``value`` the ledger cannot store, or None: text with a NUL or an unpaired
     surrogate (PostgreSQL refuses both), a NaN or infinite number (Python's JSON parser reads
     NaN, Infinity and 1e400; JSON has none), or nesting deeper than MAX_JSON_DEPTH."""
+    if value is None or type(value) in (int, bool):  # most fields: nothing to walk
+        return None
     pending: list[tuple[str, Any, int]] = [("", value, 0)]
     while pending:
         path, item, depth = pending.pop()
