@@ -57,7 +57,7 @@ def usd_decimal(pico_usd: int) -> Decimal:
 
 def pico_text(pico_usd: int) -> str:
     """An amount as its exact decimal string for SQL (``CAST(... AS numeric)``): only int
-    pico-USD is money here, as in ``PicoUSD``; a float or a bool is refused."""
+    pico-USD is money here, as in ``PicoUSD``: any other type, bool included, is refused."""
     if not isinstance(pico_usd, int) or isinstance(pico_usd, bool):
         raise TypeError(f"money must be int pico-USD, got {type(pico_usd).__name__}")
     return str(pico_usd)

@@ -207,6 +207,7 @@ def reserve(
         check=escrow.check_take,
     )
     holds = [a.hold for a in applied]
+    holds_json = _holds_payload(holds)
     deltas = _deltas(applied)
     remaining = _remaining(applied)
     reservation = Reservation(
@@ -233,7 +234,7 @@ def reserve(
                 "amount_pico_usd": amount_pico_usd,
                 "payload": {
                     "subjects": content["subjects"],
-                    "holds": _holds_payload(holds),
+                    "holds": holds_json,
                     "deltas": _delta_payload(deltas),
                     "expires_at": reservation.expires_at.isoformat(),
                     "model": model,
@@ -250,7 +251,7 @@ def reserve(
                 request_id=request_id,
                 amount_pico_usd=amount_pico_usd,
                 subjects=subject_json,
-                holds=_holds_payload(holds),
+                holds=holds_json,
                 model=model,
                 provider=provider,
                 metadata=metadata,

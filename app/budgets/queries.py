@@ -501,10 +501,6 @@ def find_reservation(conn: Connection, *, reservation_id: UUID, org: str | None)
     return conn.execute(select(reservations).where(and_(*conditions))).first()
 
 
-def insert_reservation(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(insert(reservations).values(**values))
-
-
 # The writes that end a reserve and a commit, as statements for ledger.append_many's
 # ``alongside`` (one round trip with the events and the idempotency response).
 _INSERT_RESERVATION = """
