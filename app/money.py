@@ -55,9 +55,14 @@ def usd_decimal(pico_usd: int) -> Decimal:
     return Decimal(pico_usd).scaleb(-12)
 
 
+def checked_pico(value: object) -> int:
+    """``value`` if it is int pico-USD, the only type money has here; any other type, bool
+    included, is refused (TypeError), before it can reach the database."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"money must be int pico-USD, got {type(value).__name__}")
+    return value
+
+
 def pico_text(pico_usd: int) -> str:
-    """An amount as its exact decimal string for SQL (``CAST(... AS numeric)``): only int
-    pico-USD is money here, as in ``PicoUSD``: any other type, bool included, is refused."""
-    if not isinstance(pico_usd, int) or isinstance(pico_usd, bool):
-        raise TypeError(f"money must be int pico-USD, got {type(pico_usd).__name__}")
-    return str(pico_usd)
+    """An amount as its exact decimal string for SQL (``CAST(... AS numeric)``)."""
+    return str(checked_pico(pico_usd))

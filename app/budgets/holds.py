@@ -233,7 +233,7 @@ def reserve(
                 "budget_ids": [h.budget_id for h in holds],
                 "amount_pico_usd": amount_pico_usd,
                 "payload": {
-                    "subjects": content["subjects"],
+                    "subjects": subject_json,
                     "holds": holds_json,
                     "deltas": _delta_payload(deltas),
                     "expires_at": reservation.expires_at.isoformat(),

@@ -9,6 +9,8 @@ from sqlalchemy import MetaData, Numeric
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
+from app.money import checked_pico
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -29,9 +31,7 @@ class PicoUSD(TypeDecorator[int]):
     def process_bind_param(self, value: int | None, dialect: Dialect) -> Any:
         if value is None:
             return None
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"money must be int pico-USD, got {type(value).__name__}")
-        return Decimal(value)
+        return Decimal(checked_pico(value))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> int | None:
         if value is None:
