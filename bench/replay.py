@@ -566,9 +566,9 @@ def run_replay(url: str, log: Path) -> tuple[float, int, int, str, dict[str, flo
                 if used is not None:
                     cpu[pid] = max(used, cpu.get(pid, 0.0))
                 if "replay: budget projections" in (query or ""):
-                    role[pid] = "budget projections"
+                    role[pid] = "budget projections, then alerts"
                 elif pid not in role and "rollup" in (query or ""):
-                    role[pid] = "rollups and alerts"
+                    role[pid] = "rollups"
             time.sleep(0.5)
         stdout = process.stdout.read() if process.stdout else ""
     seconds = time.perf_counter() - began
@@ -646,11 +646,12 @@ def main() -> int:
     load_end = load_average()
     print("\n".join(tail[:20]))
     # The command's own phase times (stderr): the budget projections' pass over the events,
-    # and the rollups and alerts check that runs alongside it on a second connection.
+    # the alerts check after it on the same connection, and the rollups check that runs
+    # alongside both on a second connection.
     phases = [
         line.strip()
         for line in log.read_text().replace("\r", "\n").splitlines()
-        if line.startswith(("budgets, periods", "rollups and alerts"))
+        if line.startswith(("budgets, periods", "alerts:", "rollups:"))
     ]
     for line in phases:
         print(f"  {line}")

@@ -47,6 +47,13 @@ SUMS = (
     "reasoning_tokens",
 )
 TABLES = {"rollup_hourly": "hour", "rollup_daily": "day"}
+# Each sum as a select item: money as numeric, counts with sum_bigint (migration 0014). A bigint
+# sum() keeps a 128-bit state per group and returns numeric: at 10M events the verify's daily
+# rebuild held ~2 KB per group and spilled at 2 GB (13.3 s), with sum_bigint 270 MB (4.8 s).
+# The columns are bigints, so an overflow is an error either way.
+SUMMED = ", ".join(
+    f"sum({s}) AS {s}" if s == "cost_pico_usd" else f"sum_bigint({s}) AS {s}" for s in SUMS
+)
 # Spend per bucket and subject alone (migration 0013): what reports grouped and filtered only
 # by subject read, instead of the subject grain's rows per model, provider, call type, endpoint.
 SUBJECT_TABLES = {"rollup_subject_hourly": "rollup_hourly", "rollup_subject_daily": "rollup_daily"}
@@ -69,21 +76,20 @@ def _fold_statement() -> str:
     subject = ", ".join(SUBJECT_KEYS)
     model = ", ".join(MODEL_KEYS)
     sums = ", ".join(SUMS)
-    summed = ", ".join(f"sum({s}) AS {s}" for s in SUMS)
 
     def added(table: str) -> str:
         return ", ".join(f"{s} = {table}.{s} + excluded.{s}" for s in SUMS)
 
     return f"""
 WITH hourly AS (
-    SELECT org, date_trunc('hour', occurred_at, 'UTC') AS bucket, {dimensions}, {summed}
+    SELECT org, date_trunc('hour', occurred_at, 'UTC') AS bucket, {dimensions}, {SUMMED}
     FROM usage_facts_between(:lo, :hi)
     GROUP BY org, date_trunc('hour', occurred_at, 'UTC'), {dimensions}
 ), subject_hourly AS (
-    SELECT org, bucket, {subject}, {summed} FROM hourly WHERE subject_type <> ''
+    SELECT org, bucket, {subject}, {SUMMED} FROM hourly WHERE subject_type <> ''
     GROUP BY org, bucket, {subject}
 ), model_hourly AS (
-    SELECT org, bucket, {model}, {summed} FROM hourly WHERE subject_type = '' AND tag = ''
+    SELECT org, bucket, {model}, {SUMMED} FROM hourly WHERE subject_type = '' AND tag = ''
     GROUP BY org, bucket, {model}
 ), into_hourly AS (
     INSERT INTO rollup_hourly (org, bucket, {dimensions}, {sums})
@@ -91,7 +97,7 @@ WITH hourly AS (
     ON CONFLICT ON CONSTRAINT pk_rollup_hourly DO UPDATE SET {added("rollup_hourly")}
 ), into_daily AS (
     INSERT INTO rollup_daily (org, bucket, {dimensions}, {sums})
-    SELECT org, date_trunc('day', bucket, 'UTC'), {dimensions}, {summed}
+    SELECT org, date_trunc('day', bucket, 'UTC'), {dimensions}, {SUMMED}
     FROM hourly
     GROUP BY org, date_trunc('day', bucket, 'UTC'), {dimensions}
     ON CONFLICT ON CONSTRAINT pk_rollup_daily DO UPDATE SET {added("rollup_daily")}
@@ -102,7 +108,7 @@ WITH hourly AS (
     DO UPDATE SET {added("rollup_subject_hourly")}
 ), into_subject_daily AS (
     INSERT INTO rollup_subject_daily (org, bucket, {subject}, {sums})
-    SELECT org, date_trunc('day', bucket, 'UTC'), {subject}, {summed}
+    SELECT org, date_trunc('day', bucket, 'UTC'), {subject}, {SUMMED}
     FROM subject_hourly
     GROUP BY org, date_trunc('day', bucket, 'UTC'), {subject}
     ON CONFLICT ON CONSTRAINT pk_rollup_subject_daily
@@ -113,7 +119,7 @@ WITH hourly AS (
     ON CONFLICT ON CONSTRAINT pk_rollup_model_hourly DO UPDATE SET {added("rollup_model_hourly")}
 )
 INSERT INTO rollup_model_daily (org, bucket, {model}, {sums})
-SELECT org, date_trunc('day', bucket, 'UTC'), {model}, {summed}
+SELECT org, date_trunc('day', bucket, 'UTC'), {model}, {SUMMED}
 FROM model_hourly
 GROUP BY org, date_trunc('day', bucket, 'UTC'), {model}
 ON CONFLICT ON CONSTRAINT pk_rollup_model_daily DO UPDATE SET {added("rollup_model_daily")}
@@ -237,7 +243,6 @@ def _hourly_facts() -> str:
     text, not as jsonb, whose equality would merge ``1`` and ``1.0`` (different ids as text).
     ``tests/reports/test_rollups.py`` pins it to the function on awkward payloads."""
     dimensions = ", ".join(DIMENSIONS[:4])
-    summed = ", ".join(f"sum({s}) AS {s}" for s in SUMS)
     return f"""
 WITH usage AS (
     SELECT e.org, date_trunc('hour', e.occurred_at, 'UTC') AS bucket,
@@ -270,10 +275,10 @@ WITH usage AS (
     -- each, 3.6 GB spilled at 10M events) and read the sums from them after the sort.
     OFFSET 0
 ), grouped AS (
-    SELECT org, bucket, {dimensions}, subjects::jsonb AS subjects, tags::jsonb AS tags, {summed}
+    SELECT org, bucket, {dimensions}, subjects::jsonb AS subjects, tags::jsonb AS tags, {SUMMED}
     FROM usage GROUP BY org, bucket, {dimensions}, usage.subjects, usage.tags
 )
-SELECT u.org, u.bucket, {dimensions}, g.subject_type, g.subject_id, g.tag, {summed}
+SELECT u.org, u.bucket, {dimensions}, g.subject_type, g.subject_id, g.tag, {SUMMED}
 FROM grouped u
 CROSS JOIN LATERAL (
     SELECT '' AS subject_type, '' AS subject_id, '' AS tag
@@ -313,14 +318,13 @@ def verify(conn: Connection) -> list[Difference]:
         params["since"] = cut + timedelta(days=1)
     conn.execute(text(f"SET LOCAL work_mem = '{VERIFY_WORK_MEM}'"))
     dimensions = ", ".join(DIMENSIONS)
-    summed = ", ".join(f"sum({s}) AS {s}" for s in SUMS)
     # The facts are expanded once, into the hourly rebuild; the daily one is its sums per UTC
     # day, as the fold makes it (sums of integers: exact in any grouping).
     _rebuild(conn, "replay_rollup_hourly", HOURLY_FACTS, params)
     _rebuild(
         conn,
         "replay_rollup_daily",
-        f"SELECT org, date_trunc('day', bucket, 'UTC') AS bucket, {dimensions}, {summed}"
+        f"SELECT org, date_trunc('day', bucket, 'UTC') AS bucket, {dimensions}, {SUMMED}"
         f" FROM replay_rollup_hourly GROUP BY org, date_trunc('day', bucket, 'UTC'), {dimensions}",
         params,
     )
@@ -384,11 +388,10 @@ def _verify_narrow_tables(conn: Connection, since: str, params: dict[str, Any]) 
     """The subject and model rollups against their rows of the wide rollups rebuilt from the
     events (not the live ones: a tampered live row shows in its own table only)."""
     found: list[Difference] = []
-    summed = ", ".join(f"sum({s}) AS {s}" for s in SUMS)
     for table, wide in {**SUBJECT_TABLES, **MODEL_TABLES}.items():
         narrow_keys, rows = NARROW[table]
         key = ("org", "bucket", *narrow_keys)
         keys = ", ".join(key)
-        rebuilt = f"(SELECT {keys}, {summed} FROM replay_{wide} WHERE {rows} GROUP BY {keys})"
+        rebuilt = f"(SELECT {keys}, {SUMMED} FROM replay_{wide} WHERE {rows} GROUP BY {keys})"
         found += _compare(conn, table, rebuilt, key, since, params)
     return found
