@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Connection, text
 
 from app.errors import InvalidInput
-from app.reports.rollups import MODEL_TABLES, NARROW, SUBJECT_TABLES, SUMS
+from app.reports.rollups import MODEL_TABLES, NARROW, SUBJECT_TABLES, SUMMED, SUMS
 
 GRANULARITIES = ("hour", "day", "week", "month", "all")
 GROUPS = ("model", "provider", "call_type", "subject_type", "subject_id", "endpoint", "tag")
@@ -402,8 +402,7 @@ def _statement(
     grouping += groups
     # Counts as bigints (sum_bigint, migration 0014): sum() would build a numeric per group
     # and sum to be written out again; money stays numeric.
-    selected.append("sum(cost_pico_usd) AS cost_pico_usd")
-    selected += [f"sum_bigint({s}) AS {s}" for s in _COUNTS]
+    selected.append(SUMMED)
     sql = f"SELECT {', '.join(selected)} FROM ({source}) AS src"
     if grouping:
         sql += f" GROUP BY {', '.join(grouping)}"
