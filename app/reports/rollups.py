@@ -58,6 +58,11 @@ SUMMED = ", ".join(
 # by subject read, instead of the subject grain's rows per model, provider, call type, endpoint.
 SUBJECT_TABLES = {"rollup_subject_hourly": "rollup_hourly", "rollup_subject_daily": "rollup_daily"}
 SUBJECT_KEYS = ("subject_type", "subject_id")
+# Spend per subject alone over 24 hours from 12:00 UTC (migration 0015): a report by subject over
+# a whole window reads whichever of these and the daily rows leaves fewer hourly rows at its ends.
+SUBJECT_NOON = "rollup_subject_noon"
+NOON_OFFSET = timedelta(hours=12)
+NOON_BUCKET = "date_trunc('day', bucket - interval '12 hours', 'UTC') + interval '12 hours'"
 # All spend per bucket, model, provider and call type (migration 0014): what reports grouped and
 # filtered only by those read, instead of the all-spend grain's rows per endpoint too.
 MODEL_TABLES = {"rollup_model_hourly": "rollup_hourly", "rollup_model_daily": "rollup_daily"}
@@ -113,6 +118,12 @@ WITH hourly AS (
     GROUP BY org, date_trunc('day', bucket, 'UTC'), {subject}
     ON CONFLICT ON CONSTRAINT pk_rollup_subject_daily
     DO UPDATE SET {added("rollup_subject_daily")}
+), into_subject_noon AS (
+    INSERT INTO {SUBJECT_NOON} (org, bucket, {subject}, {sums})
+    SELECT org, {NOON_BUCKET}, {subject}, {SUMMED}
+    FROM subject_hourly
+    GROUP BY org, {NOON_BUCKET}, {subject}
+    ON CONFLICT ON CONSTRAINT pk_{SUBJECT_NOON} DO UPDATE SET {added(SUBJECT_NOON)}
 ), into_model_hourly AS (
     INSERT INTO rollup_model_hourly (org, bucket, {model}, {sums})
     SELECT org, bucket, {model}, {sums} FROM model_hourly
@@ -394,4 +405,10 @@ def _verify_narrow_tables(conn: Connection, since: str, params: dict[str, Any]) 
         keys = ", ".join(key)
         rebuilt = f"(SELECT {keys}, {SUMMED} FROM replay_{wide} WHERE {rows} GROUP BY {keys})"
         found += _compare(conn, table, rebuilt, key, since, params)
+    subject = ", ".join(SUBJECT_KEYS)
+    rebuilt = (
+        f"(SELECT org, {NOON_BUCKET} AS bucket, {subject}, {SUMMED} FROM replay_rollup_hourly"
+        f" WHERE subject_type <> '' GROUP BY org, {NOON_BUCKET}, {subject})"
+    )
+    found += _compare(conn, SUBJECT_NOON, rebuilt, ("org", "bucket", *SUBJECT_KEYS), since, params)
     return found

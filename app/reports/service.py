@@ -15,7 +15,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Connection, text
 
 from app.errors import InvalidInput
-from app.reports.rollups import MODEL_TABLES, NARROW, SUBJECT_TABLES, SUMMED, SUMS
+from app.reports.rollups import (
+    MODEL_TABLES,
+    NARROW,
+    NOON_OFFSET,
+    SUBJECT_NOON,
+    SUBJECT_TABLES,
+    SUMMED,
+    SUMS,
+)
 
 GRANULARITIES = ("hour", "day", "week", "month", "all")
 GROUPS = ("model", "provider", "call_type", "subject_type", "subject_id", "endpoint", "tag")
@@ -217,16 +225,22 @@ def validate(query: SpendQuery) -> SpendQuery:
     )
 
 
-def _daily_span(query: SpendQuery) -> tuple[datetime, datetime] | None:
-    """The whole UTC days inside the window that the daily rollup may answer for, if any.
+def _daily_span(
+    query: SpendQuery, offset: timedelta = timedelta(0)
+) -> tuple[datetime, datetime] | None:
+    """The whole days inside the window that a daily rollup may answer for, if any: UTC days,
+    or with ``offset`` days that start that long after midnight UTC.
 
     A UTC day is one bucket of the report only when the report's periods are made of UTC days:
-    no periods at all, or days, weeks and months in a zone that stays at offset zero.
+    no periods at all, or days, weeks and months in a zone that stays at offset zero. Shifted
+    days only when there are no periods.
     """
-    day_lo = query.start.replace(hour=0)
+    if offset and query.granularity != "all":
+        return None
+    day_lo = _day_start(query.start, offset)
     if day_lo < query.start:
         day_lo += timedelta(days=1)
-    day_hi = query.end.replace(hour=0)
+    day_hi = _day_start(query.end, offset)
     if day_hi <= day_lo:
         return None
     if query.granularity == "hour":
@@ -234,6 +248,10 @@ def _daily_span(query: SpendQuery) -> tuple[datetime, datetime] | None:
     if not _utc_days(query, day_lo, day_hi):
         return None
     return day_lo, day_hi
+
+
+def _day_start(moment: datetime, offset: timedelta) -> datetime:
+    return (moment - offset).replace(hour=0) + offset
 
 
 def _utc_days(query: SpendQuery, start: datetime, end: datetime) -> bool:
@@ -245,6 +263,46 @@ _DAY = timedelta(days=1)
 # the hours outside the window, not as its hourly rows: "the last 7 days" up to 03:00 then reads
 # 6 hours of hourly rows instead of 24 (a day's hourly rows are ~8x its daily rows at 10M).
 _CORRECTED_EDGE = timedelta(hours=12)
+
+
+@dataclass(frozen=True)
+class _Days:
+    """How a daily rollup answers for a window: its days [day_lo, day_hi), the hourly ranges
+    inside the window outside those days, and the hourly ranges outside the window under a
+    daily row read (taken off it)."""
+
+    day_lo: datetime
+    day_hi: datetime
+    hours: list[str]
+    outside: list[str]
+    edge_hours: timedelta
+
+
+def _days(query: SpendQuery, offset: timedelta) -> _Days | None:
+    span = _daily_span(query, offset)
+    if span is None:
+        return None
+    day_lo, day_hi = span
+    hours: list[str] = []
+    outside: list[str] = []
+    edge_hours = timedelta(0)
+    if query.start < day_lo:
+        if day_lo - query.start > _CORRECTED_EDGE and _utc_days(query, day_lo - _DAY, day_lo):
+            day_lo -= _DAY
+            outside.append("(bucket >= :day_lo AND bucket < :start)")
+            edge_hours += query.start - day_lo
+        else:
+            hours.append("(bucket >= :start AND bucket < :day_lo)")
+            edge_hours += day_lo - query.start
+    if day_hi < query.end:
+        if query.end - day_hi > _CORRECTED_EDGE and _utc_days(query, day_hi, day_hi + _DAY):
+            day_hi += _DAY
+            outside.append("(bucket >= :end AND bucket < :day_hi)")
+            edge_hours += day_hi - query.end
+        else:
+            hours.append("(bucket >= :day_hi AND bucket < :end)")
+            edge_hours += query.end - day_hi
+    return _Days(day_lo, day_hi, hours, outside, edge_hours)
 
 
 def _source_sql(
@@ -262,28 +320,18 @@ def _source_sql(
     else:
         hourly, daily, rolled = "rollup_hourly", "rollup_daily", where
     pieces = []
-    span = _daily_span(query)
-    if span is None:
+    days = _days(query, timedelta(0))
+    if narrow == tuple(SUBJECT_TABLES):
+        noon = _days(query, NOON_OFFSET)
+        if noon is not None and (days is None or noon.edge_hours < days.edge_hours):
+            days, daily = noon, SUBJECT_NOON
+    if days is None:
         pieces.append(
             f"SELECT bucket AS at, {columns} FROM {hourly}"
             f" WHERE {rolled} AND bucket >= :start AND bucket < :end"
         )
     else:
-        day_lo, day_hi = span
-        hours: list[str] = []  # hourly ranges inside the window
-        outside: list[str] = []  # hourly ranges outside it, under a daily row read
-        if query.start < day_lo:
-            if day_lo - query.start > _CORRECTED_EDGE and _utc_days(query, day_lo - _DAY, day_lo):
-                day_lo -= _DAY
-                outside.append("(bucket >= :day_lo AND bucket < :start)")
-            else:
-                hours.append("(bucket >= :start AND bucket < :day_lo)")
-        if day_hi < query.end:
-            if query.end - day_hi > _CORRECTED_EDGE and _utc_days(query, day_hi, day_hi + _DAY):
-                day_hi += _DAY
-                outside.append("(bucket >= :end AND bucket < :day_hi)")
-            else:
-                hours.append("(bucket >= :day_hi AND bucket < :end)")
+        day_lo, day_hi, hours, outside = days.day_lo, days.day_hi, days.hours, days.outside
         params["day_lo"], params["day_hi"] = day_lo, day_hi
         pieces.append(
             f"SELECT bucket AS at, {columns} FROM {daily}"
