@@ -603,6 +603,7 @@ def main() -> int:
     print(f"load average at start: {load_average()}", flush=True)
     if args.reuse and meta is not None and meta.get("finished"):
         print(f"reusing {args.database}: {meta}", flush=True)
+        migrate.upgrade(url)  # the schema of the code being measured (a no-op when current)
     else:
         if exists and not args.recreate and meta is None:
             raise SystemExit(f"{args.database} exists but is not this bench's; pass --recreate")

@@ -635,7 +635,7 @@ def rollup_counts(url: str) -> dict[str, dict[str, int]]:
                 f" WHEN tag <> '' THEN 'tag' ELSE 'all' END, count(*) FROM {table} GROUP BY 1"
             ).fetchall()
             counts[table] = {grain: int(n) for grain, n in rows}
-        narrow = {**{t: "subject" for t in rollups.SUBJECT_TABLES},
+        narrow = {**{t: "subject" for t in [*rollups.SUBJECT_TABLES, rollups.SUBJECT_NOON]},
                   **{t: "all" for t in rollups.MODEL_TABLES}}  # fmt: skip
         for table, grain in narrow.items():  # one grain each: no tag column
             (n,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,)
@@ -1140,6 +1140,7 @@ def main() -> int:
         meta = load_all(url, args)
     else:
         print(f"reusing {args.database}: {json.dumps(meta)}", flush=True)
+        migrate.upgrade(url)  # the schema of the code being measured (a no-op when current)
     print(f"code: {code_version(url)}", flush=True)
     try:
         results = measure(url, meta, args)
@@ -1196,7 +1197,13 @@ def load_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
         vacuum(
             url,
             ", ".join(
-                ["rollup_hourly", "rollup_daily", *rollups.SUBJECT_TABLES, *rollups.MODEL_TABLES]
+                [
+                    "rollup_hourly",
+                    "rollup_daily",
+                    *rollups.SUBJECT_TABLES,
+                    rollups.SUBJECT_NOON,
+                    *rollups.MODEL_TABLES,
+                ]
             ),
         )
         counts = rollup_counts(url)
