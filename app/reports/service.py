@@ -225,9 +225,7 @@ def validate(query: SpendQuery) -> SpendQuery:
     )
 
 
-def _daily_span(
-    query: SpendQuery, offset: timedelta = timedelta(0)
-) -> tuple[datetime, datetime] | None:
+def _daily_span(query: SpendQuery, offset: timedelta) -> tuple[datetime, datetime] | None:
     """The whole days inside the window that a daily rollup may answer for, if any: UTC days,
     or with ``offset`` days that start that long after midnight UTC.
 
@@ -331,21 +329,20 @@ def _source_sql(
             f" WHERE {rolled} AND bucket >= :start AND bucket < :end"
         )
     else:
-        day_lo, day_hi, hours, outside = days.day_lo, days.day_hi, days.hours, days.outside
-        params["day_lo"], params["day_hi"] = day_lo, day_hi
+        params["day_lo"], params["day_hi"] = days.day_lo, days.day_hi
         pieces.append(
             f"SELECT bucket AS at, {columns} FROM {daily}"
             f" WHERE {rolled} AND bucket >= :day_lo AND bucket < :day_hi"
         )
-        if hours:
+        if days.hours:
             pieces.append(
                 f"SELECT bucket AS at, {columns} FROM {hourly}"
-                f" WHERE {rolled} AND ({' OR '.join(hours)})"
+                f" WHERE {rolled} AND ({' OR '.join(days.hours)})"
             )
-        if outside:
+        if days.outside:
             pieces.append(
                 f"SELECT bucket AS at, {less} FROM {hourly}"
-                f" WHERE {rolled} AND ({' OR '.join(outside)})"
+                f" WHERE {rolled} AND ({' OR '.join(days.outside)})"
             )
     if snapshot is not None and snapshot.fixed:
         # The transaction's one snapshot saw this watermark, so the statement sees it too. As
