@@ -635,7 +635,7 @@ def rollup_counts(url: str) -> dict[str, dict[str, int]]:
                 f" WHEN tag <> '' THEN 'tag' ELSE 'all' END, count(*) FROM {table} GROUP BY 1"
             ).fetchall()
             counts[table] = {grain: int(n) for grain, n in rows}
-        narrow = {**{t: "subject" for t in [*rollups.SUBJECT_TABLES, rollups.SUBJECT_NOON]},
+        narrow = {**{t: "subject" for t in [*rollups.SUBJECT_TABLES, rollups.SUBJECT_SPAN]},
                   **{t: "all" for t in rollups.MODEL_TABLES}}  # fmt: skip
         for table, grain in narrow.items():  # one grain each: no tag column
             (n,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,)
@@ -1201,7 +1201,7 @@ def load_all(url: str, args: argparse.Namespace) -> dict[str, Any]:
                     "rollup_hourly",
                     "rollup_daily",
                     *rollups.SUBJECT_TABLES,
-                    rollups.SUBJECT_NOON,
+                    rollups.SUBJECT_SPAN,
                     *rollups.MODEL_TABLES,
                 ]
             ),

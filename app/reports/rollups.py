@@ -14,6 +14,7 @@ rollup row, so commits of one model never queue behind each other. It is exact b
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -58,11 +59,20 @@ SUMMED = ", ".join(
 # by subject read, instead of the subject grain's rows per model, provider, call type, endpoint.
 SUBJECT_TABLES = {"rollup_subject_hourly": "rollup_hourly", "rollup_subject_daily": "rollup_daily"}
 SUBJECT_KEYS = ("subject_type", "subject_id")
-# Spend per subject alone over 24 hours from 12:00 UTC (migration 0015): a report by subject over
-# a whole window reads whichever of these and the daily rows leaves fewer hourly rows at its ends.
-SUBJECT_NOON = "rollup_subject_noon"
-NOON_OFFSET = timedelta(hours=12)
-NOON_BUCKET = "date_trunc('day', bucket - interval '12 hours', 'UTC') + interval '12 hours'"
+# Spend per subject alone over longer spans (migration 0016): buckets of SPAN_HOURS hours, each
+# starting at a multiple of its span from SPAN_ORIGIN. A report by subject over a whole window
+# reads it as a short sum of these, daily and hourly rows (app/reports/spans.py).
+SUBJECT_SPAN = "rollup_subject_span"
+SPAN_HOURS = (12, 48, 96, 192, 384, 768)
+SPAN_ORIGIN = "timestamptz '1970-01-01 00:00:00+00'"
+
+
+def span_bucket(hours: int | str, column: str = "bucket") -> str:
+    """SQL for the start of the ``hours``-hour bucket (a number or a SQL expression) holding
+    ``column``."""
+    return f"date_bin(make_interval(hours => {hours}), {column}, {SPAN_ORIGIN})"
+
+
 # All spend per bucket, model, provider and call type (migration 0014): what reports grouped and
 # filtered only by those read, instead of the all-spend grain's rows per endpoint too.
 MODEL_TABLES = {"rollup_model_hourly": "rollup_hourly", "rollup_model_daily": "rollup_daily"}
@@ -118,12 +128,12 @@ WITH hourly AS (
     GROUP BY org, date_trunc('day', bucket, 'UTC'), {subject}
     ON CONFLICT ON CONSTRAINT pk_rollup_subject_daily
     DO UPDATE SET {added("rollup_subject_daily")}
-), into_subject_noon AS (
-    INSERT INTO {SUBJECT_NOON} (org, bucket, {subject}, {sums})
-    SELECT org, {NOON_BUCKET}, {subject}, {SUMMED}
-    FROM subject_hourly
-    GROUP BY org, {NOON_BUCKET}, {subject}
-    ON CONFLICT ON CONSTRAINT pk_{SUBJECT_NOON} DO UPDATE SET {added(SUBJECT_NOON)}
+), into_subject_span AS (
+    INSERT INTO {SUBJECT_SPAN} (org, span_hours, bucket, {subject}, {sums})
+    SELECT org, span.hours, {span_bucket("span.hours")}, {subject}, {SUMMED}
+    FROM subject_hourly CROSS JOIN unnest(ARRAY{list(SPAN_HOURS)}) AS span(hours)
+    GROUP BY org, span.hours, {span_bucket("span.hours")}, {subject}
+    ON CONFLICT ON CONSTRAINT pk_{SUBJECT_SPAN} DO UPDATE SET {added(SUBJECT_SPAN)}
 ), into_model_hourly AS (
     INSERT INTO rollup_model_hourly (org, bucket, {model}, {sums})
     SELECT org, bucket, {model}, {sums} FROM model_hourly
@@ -405,10 +415,35 @@ def _verify_narrow_tables(conn: Connection, since: str, params: dict[str, Any]) 
         keys = ", ".join(key)
         rebuilt = f"(SELECT {keys}, {SUMMED} FROM replay_{wide} WHERE {rows} GROUP BY {keys})"
         found += _compare(conn, table, rebuilt, key, since, params)
-    subject = ", ".join(SUBJECT_KEYS)
-    rebuilt = (
-        f"(SELECT org, {NOON_BUCKET} AS bucket, {subject}, {SUMMED} FROM replay_rollup_hourly"
-        f" WHERE subject_type <> '' GROUP BY org, {NOON_BUCKET}, {subject})"
-    )
-    found += _compare(conn, SUBJECT_NOON, rebuilt, ("org", "bucket", *SUBJECT_KEYS), since, params)
+    _rebuild_spans(conn, params)
+    key = ("org", "span_hours", "bucket", *SUBJECT_KEYS)
+    found += _compare(conn, SUBJECT_SPAN, f"replay_{SUBJECT_SPAN}", key, since, params)
     return found
+
+
+def _rebuild_spans(conn: Connection, params: dict[str, Any]) -> None:
+    """The subject spans from the rebuilt wide rollups: 12 hours from the hourly rows, 2 days
+    from the daily ones, and each longer span from the one before it (twice as short), as
+    migration 0016 fills them: sums of integers, exact in any grouping."""
+    subject = ", ".join(SUBJECT_KEYS)
+    scratch = f"replay_{SUBJECT_SPAN}"
+    finer = {
+        SPAN_HOURS[0]: "replay_rollup_hourly WHERE subject_type <> ''",
+        SPAN_HOURS[1]: "replay_rollup_daily WHERE subject_type <> ''",
+        **{
+            longer: f"{scratch} WHERE span_hours = {shorter}"
+            for shorter, longer in itertools.pairwise(SPAN_HOURS[1:])
+        },
+    }
+    for hours, source in finer.items():
+        bucket = span_bucket(hours)
+        query = (
+            f"SELECT org, {hours} AS span_hours, {bucket} AS bucket, {subject}, {SUMMED}"
+            f" FROM {source} GROUP BY org, {bucket}, {subject}"
+        )
+        if hours == SPAN_HOURS[0]:
+            conn.execute(text(f"DROP TABLE IF EXISTS pg_temp.{scratch}"))
+            conn.execute(text(f"CREATE TEMP TABLE {scratch} ON COMMIT DROP AS {query}"), params)
+        else:
+            conn.execute(text(f"INSERT INTO {scratch} {query}"), params)
+    conn.execute(text(f"ANALYZE {scratch}"))

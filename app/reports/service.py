@@ -15,11 +15,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Connection, text
 
 from app.errors import InvalidInput
+from app.reports import spans
 from app.reports.rollups import (
     MODEL_TABLES,
     NARROW,
-    NOON_OFFSET,
-    SUBJECT_NOON,
+    SUBJECT_SPAN,
     SUBJECT_TABLES,
     SUMMED,
     SUMS,
@@ -225,20 +225,16 @@ def validate(query: SpendQuery) -> SpendQuery:
     )
 
 
-def _daily_span(query: SpendQuery, offset: timedelta) -> tuple[datetime, datetime] | None:
-    """The whole days inside the window that a daily rollup may answer for, if any: UTC days,
-    or with ``offset`` days that start that long after midnight UTC.
+def _daily_span(query: SpendQuery) -> tuple[datetime, datetime] | None:
+    """The whole UTC days inside the window that a daily rollup may answer for, if any.
 
     A UTC day is one bucket of the report only when the report's periods are made of UTC days:
-    no periods at all, or days, weeks and months in a zone that stays at offset zero. Shifted
-    days only when there are no periods.
+    no periods at all, or days, weeks and months in a zone that stays at offset zero.
     """
-    if offset and query.granularity != "all":
-        return None
-    day_lo = _day_start(query.start, offset)
+    day_lo = query.start.replace(hour=0)
     if day_lo < query.start:
         day_lo += timedelta(days=1)
-    day_hi = _day_start(query.end, offset)
+    day_hi = query.end.replace(hour=0)
     if day_hi <= day_lo:
         return None
     if query.granularity == "hour":
@@ -246,10 +242,6 @@ def _daily_span(query: SpendQuery, offset: timedelta) -> tuple[datetime, datetim
     if not _utc_days(query, day_lo, day_hi):
         return None
     return day_lo, day_hi
-
-
-def _day_start(moment: datetime, offset: timedelta) -> datetime:
-    return (moment - offset).replace(hour=0) + offset
 
 
 def _utc_days(query: SpendQuery, start: datetime, end: datetime) -> bool:
@@ -261,6 +253,8 @@ _DAY = timedelta(days=1)
 # the hours outside the window, not as its hourly rows: "the last 7 days" up to 03:00 then reads
 # 6 hours of hourly rows instead of 24 (a day's hourly rows are ~8x its daily rows at 10M).
 _CORRECTED_EDGE = timedelta(hours=12)
+# A daily row read past the window's end must still be a date (9999-12-31 is the last).
+_LAST_DAY = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -273,42 +267,38 @@ class _Days:
     day_hi: datetime
     hours: list[str]
     outside: list[str]
-    edge_hours: timedelta
 
 
-def _days(query: SpendQuery, offset: timedelta) -> _Days | None:
-    span = _daily_span(query, offset)
+def _days(query: SpendQuery) -> _Days | None:
+    span = _daily_span(query)
     if span is None:
         return None
     day_lo, day_hi = span
     hours: list[str] = []
     outside: list[str] = []
-    edge_hours = timedelta(0)
     if query.start < day_lo:
         if day_lo - query.start > _CORRECTED_EDGE and _utc_days(query, day_lo - _DAY, day_lo):
             day_lo -= _DAY
             outside.append("(bucket >= :day_lo AND bucket < :start)")
-            edge_hours += query.start - day_lo
         else:
             hours.append("(bucket >= :start AND bucket < :day_lo)")
-            edge_hours += day_lo - query.start
     if day_hi < query.end:
-        if query.end - day_hi > _CORRECTED_EDGE and _utc_days(query, day_hi, day_hi + _DAY):
+        if (
+            query.end - day_hi > _CORRECTED_EDGE
+            and day_hi < _LAST_DAY
+            and _utc_days(query, day_hi, day_hi + _DAY)
+        ):
             day_hi += _DAY
             outside.append("(bucket >= :end AND bucket < :day_hi)")
-            edge_hours += day_hi - query.end
         else:
             hours.append("(bucket >= :day_hi AND bucket < :end)")
-            edge_hours += query.end - day_hi
-    return _Days(day_lo, day_hi, hours, outside, edge_hours)
+    return _Days(day_lo, day_hi, hours, outside)
 
 
 def _source_sql(
     query: SpendQuery, groups: list[str], snapshot: _Snapshot | None
 ) -> tuple[str, dict[str, Any]]:
     columns = ", ".join([*groups, *SUMS])
-    # Sums of hours outside the window, taken off a daily row that covers them.
-    less = ", ".join([*groups, *(f"-{s} AS {s}" for s in SUMS)])
     params: dict[str, Any] = {"start": query.start, "end": query.end}
     where = _where(query, params, with_grain=True)
     narrow = _narrow_tables(query)
@@ -317,33 +307,11 @@ def _source_sql(
         rolled = _where(query, params, with_grain=False)
     else:
         hourly, daily, rolled = "rollup_hourly", "rollup_daily", where
-    pieces = []
-    days = _days(query, timedelta(0))
-    if narrow == tuple(SUBJECT_TABLES):
-        noon = _days(query, NOON_OFFSET)
-        if noon is not None and (days is None or noon.edge_hours < days.edge_hours):
-            days, daily = noon, SUBJECT_NOON
-    if days is None:
-        pieces.append(
-            f"SELECT bucket AS at, {columns} FROM {hourly}"
-            f" WHERE {rolled} AND bucket >= :start AND bucket < :end"
-        )
+    whole = query.granularity == "all" and spans.within(query.start, query.end)
+    if narrow == tuple(SUBJECT_TABLES) and whole:
+        pieces = _span_pieces(query, groups, rolled, params)
     else:
-        params["day_lo"], params["day_hi"] = days.day_lo, days.day_hi
-        pieces.append(
-            f"SELECT bucket AS at, {columns} FROM {daily}"
-            f" WHERE {rolled} AND bucket >= :day_lo AND bucket < :day_hi"
-        )
-        if days.hours:
-            pieces.append(
-                f"SELECT bucket AS at, {columns} FROM {hourly}"
-                f" WHERE {rolled} AND ({' OR '.join(days.hours)})"
-            )
-        if days.outside:
-            pieces.append(
-                f"SELECT bucket AS at, {less} FROM {hourly}"
-                f" WHERE {rolled} AND ({' OR '.join(days.outside)})"
-            )
+        pieces = _day_pieces(query, groups, (hourly, daily), rolled, params)
     if snapshot is not None and snapshot.fixed:
         # The transaction's one snapshot saw this watermark, so the statement sees it too. As
         # a constant it lets the planner see that the tail is nearly empty; read inside the
@@ -364,6 +332,67 @@ def _source_sql(
             f" AS tail WHERE {where} AND occurred_at >= :start AND occurred_at < :end"
         )
     return " UNION ALL ".join(pieces), params
+
+
+def _day_pieces(
+    query: SpendQuery,
+    groups: list[str],
+    tables: tuple[str, str],
+    rolled: str,
+    params: dict[str, Any],
+) -> list[str]:
+    """The hourly rows of the window, or the daily rows of its whole days and the hourly rows
+    at its ends (``_days``)."""
+    hourly, daily = tables
+    columns = ", ".join([*groups, *SUMS])
+    days = _days(query)
+    if days is None:
+        return [
+            f"SELECT bucket AS at, {columns} FROM {hourly}"
+            f" WHERE {rolled} AND bucket >= :start AND bucket < :end"
+        ]
+    params["day_lo"], params["day_hi"] = days.day_lo, days.day_hi
+    pieces = [
+        f"SELECT bucket AS at, {columns} FROM {daily}"
+        f" WHERE {rolled} AND bucket >= :day_lo AND bucket < :day_hi"
+    ]
+    if days.hours:
+        pieces.append(
+            f"SELECT bucket AS at, {columns} FROM {hourly}"
+            f" WHERE {rolled} AND ({' OR '.join(days.hours)})"
+        )
+    if days.outside:
+        # Sums of hours outside the window, taken off a daily row that covers them.
+        less = ", ".join([*groups, *(f"-{s} AS {s}" for s in SUMS)])
+        pieces.append(
+            f"SELECT bucket AS at, {less} FROM {hourly}"
+            f" WHERE {rolled} AND ({' OR '.join(days.outside)})"
+        )
+    return pieces
+
+
+def _span_pieces(
+    query: SpendQuery, groups: list[str], rolled: str, params: dict[str, Any]
+) -> list[str]:
+    """The subject rollups' rows whose signed sum is the window's spend (app/reports/spans.py):
+    one statement per span and sign, each reading its buckets."""
+    by_span: dict[tuple[int, int], list[datetime]] = {}
+    for block in spans.blocks(query.start, query.end):
+        by_span.setdefault((block.hours, block.sign), []).append(block.start)
+    hourly, daily = SUBJECT_TABLES
+    tables = {spans.HOURLY: hourly, spans.DAILY: daily}
+    pieces = []
+    for (hours, sign), starts in sorted(by_span.items()):
+        name = f"span_{hours}_{'plus' if sign > 0 else 'minus'}{abs(sign)}"
+        params[name] = starts
+        signed = ", ".join([*groups, *(f"{s} * {sign} AS {s}" if sign != 1 else s for s in SUMS)])
+        table = tables.get(hours, SUBJECT_SPAN)
+        only = "" if hours in tables else f" AND span_hours = {hours}"
+        pieces.append(
+            f"SELECT bucket AS at, {signed} FROM {table}"
+            f" WHERE {rolled}{only} AND bucket = ANY(:{name})"
+        )
+    return pieces
 
 
 def middle_keys(

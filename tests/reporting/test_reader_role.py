@@ -40,7 +40,7 @@ TABLES = [
     "rollup_subject_daily",
     "rollup_model_hourly",
     "rollup_model_daily",
-    "rollup_subject_noon",
+    "rollup_subject_span",
     "budget_slices",
     "budget_period_totals",
 ]

@@ -206,12 +206,14 @@ SHAPES: list[tuple[str, tuple[str, ...], str, dict[str, Any]]] = [
 def _check_all(engine: Engine, made: list[Recorded]) -> None:
     # Windows on odd hours: the daily rollup answers for the middle; an end of under 12 hours
     # is read from its hours, a longer one as its day less the hours outside the window. Reports
-    # by subject over the whole window read the days from noon UTC where those leave fewer hours
-    # at the ends (the second and third windows).
+    # by subject over the whole window read a signed sum of hourly, 12-hour, daily and longer
+    # buckets (app/reports/spans.py): the last window, of 30 days around the data, reads
+    # buckets of 8 and 16 days that reach past it.
     for start, end in (
         (START + timedelta(hours=5), START + timedelta(days=4, hours=7)),
         (START + timedelta(hours=14), START + timedelta(days=3, hours=20)),
         (START + timedelta(hours=12), START + timedelta(days=3, hours=11)),
+        (START - timedelta(days=13, hours=3), START + timedelta(days=17, hours=9)),
     ):
         _check_window(engine, made, start, end)
 
@@ -280,7 +282,7 @@ def _verify(engine: Engine) -> set[tuple[str, str]]:
     [
         ("rollup_subject_daily", "subject_id = 'u3'", "0012"),
         ("rollup_model_hourly", "model = 'gpt-4o'", "0013"),
-        ("rollup_subject_noon", "subject_id = 'u3'", "0014"),
+        ("rollup_subject_span", "subject_id = 'u3'", "0015"),
     ],
 )
 def test_narrow_rollups_are_verified_and_backfilled_by_their_migration(
@@ -310,25 +312,21 @@ def test_narrow_rollups_are_verified_and_backfilled_by_their_migration(
     _check_all(engine, usage)
 
 
-@pytest.mark.parametrize(
-    ("start_hour", "end_hour", "noon"),
-    [(12, 12, True), (14, 20, True), (0, 0, False), (5, 7, False), (10, 13, True)],
-)
-def test_a_report_by_subject_reads_the_days_that_leave_fewer_hours_at_its_ends(
-    start_hour: int, end_hour: int, noon: bool
-) -> None:
-    start = START + timedelta(hours=start_hour)
-    end = START + timedelta(days=5, hours=end_hour)
+def test_a_report_by_subject_over_a_whole_window_reads_spans_and_one_by_day_reads_days() -> None:
+    start = START + timedelta(hours=5)
+    end = START + timedelta(days=7, hours=5)
     by_subject = SpendQuery(
         org="acme", start=start, end=end, granularity="all", group_by=("subject_type", "subject_id")
     )
-    sql, _ = service._statement(service.validate(by_subject))
-    assert ("rollup_subject_noon" in sql) is noon
-    assert ("rollup_subject_daily" in sql) is not noon
-    # Reports with periods keep UTC days, whatever their ends.
+    sql, params = service._statement(service.validate(by_subject))
+    assert "rollup_subject_span" in sql
+    read = sorted(v for k, v in params.items() if k.startswith("span_"))
+    assert read  # the buckets, as arrays of their starts
+    # Reports with periods read UTC days and hours.
     by_day = SpendQuery(**{**by_subject.__dict__, "granularity": "day"})
     sql, _ = service._statement(service.validate(by_day))
-    assert "rollup_subject_noon" not in sql
+    assert "rollup_subject_span" not in sql
+    assert "rollup_subject_daily" in sql
 
 
 def test_verify_names_rows_on_one_side_and_rows_whose_sums_differ(
