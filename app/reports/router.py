@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response, StreamingResponse
 
 from app.api.deps import Db, Prices, Reader, read_org
+from app.errors import InvalidInput
 from app.reports import halves, service
 from app.reports import insights as recommend
 from app.reports.rollups import SUMS
@@ -25,6 +26,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _COUNTS = [s for s in SUMS if s != "cost_pico_usd"]
 _CSV_CHUNK = 1 << 16
+_DEFAULT_SPAN = timedelta(days=30)
 
 Name = Annotated[str | None, Query(max_length=200)]
 From = Annotated[
@@ -44,7 +46,13 @@ def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, dat
     if end is None:
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     if start is None:
-        start = end - timedelta(days=30)
+        # On the wall clock of its offset, as the subtraction below is done.
+        if end.replace(tzinfo=None) - datetime.min < _DEFAULT_SPAN:
+            raise InvalidInput(
+                "to is too early for the default window of 30 days before it; give from",
+                field="to",
+            )
+        start = end - _DEFAULT_SPAN
     return start, end
 
 

@@ -172,6 +172,37 @@ def test_bad_report_queries_are_problems_naming_the_field(
     assert field in response.text
 
 
+@pytest.mark.parametrize("path", ["/v1/reports/spend", "/v1/reports/top", "/v1/reports/insights"])
+def test_a_window_too_early_for_its_default_start_is_a_problem_naming_to(
+    api: TestClient, usage: dict[str, Any], path: str
+) -> None:
+    # Found by schemathesis: 30 days before this is before year 1.
+    params = {"to": "0001-01-16T10:00:00-21:10"}
+    response = api.get(path, params=params, headers=usage["acme"])
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "to"
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        ("0001-01-01T00:00:00Z", "0001-01-09T05:00:00Z"),
+        ("9999-12-20T03:00:00Z", "9999-12-31T20:00:00Z"),
+        ("1969-12-20T03:00:00Z", "1970-01-09T05:00:00Z"),
+    ],
+)
+@pytest.mark.parametrize(
+    "extra", [{"group_by": "subject_type,subject_id", "granularity": "all"}, {"granularity": "day"}]
+)
+def test_windows_at_the_ends_of_the_calendar_are_answered(
+    api: TestClient, usage: dict[str, Any], start: str, end: str, extra: dict[str, str]
+) -> None:
+    params = {"from": start, "to": end, **extra}
+    response = api.get("/v1/reports/spend", params=params, headers=usage["acme"])
+    assert response.status_code == 200, response.text
+    assert response.json()["rows"] == []
+
+
 def test_event_paging_and_request_story(
     api: TestClient, engine: Engine, usage: dict[str, Any]
 ) -> None:
