@@ -49,7 +49,10 @@ def lookups(engine: Engine) -> Iterator[list[str]]:
 @pytest.fixture
 def secured(engine: Engine, clock: Clock) -> Iterator[TestClient]:
     app = create_app(engine, Settings(), sweep=False)
-    app.state.verified_keys = auth.VerifiedKeys(ttl_seconds=5.0, clock=clock)
+    # Not listening until its listener has connected, as the app's own: with listening=True
+    # from the start, _wait_listening returned at once and the listener's first forget_all
+    # could drop the test's first verified key (a flake seen under load).
+    app.state.verified_keys = auth.VerifiedKeys(ttl_seconds=5.0, clock=clock, listening=False)
     with TestClient(app) as test_client:
         _wait_listening(app.state.verified_keys)
         yield test_client
