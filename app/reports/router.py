@@ -31,13 +31,15 @@ _DEFAULT_SPAN = timedelta(days=30)
 Name = Annotated[str | None, Query(max_length=200)]
 From = Annotated[
     datetime | None,
-    Query(alias="from", description="Start (inclusive), on a whole hour; default: `to` - 30 days"),
+    Query(
+        alias="from", description="Start (inclusive), on a whole UTC hour; default: `to` - 30 days"
+    ),
 ]
 To = Annotated[
     datetime | None,
     Query(
         alias="to",
-        description="End (exclusive), on a whole hour; default: the start of the next hour",
+        description="End (exclusive), on a whole UTC hour; default: the start of the next hour",
     ),
 ]
 

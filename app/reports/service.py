@@ -141,9 +141,14 @@ def _zone(name: str) -> ZoneInfo:
 def _on_hour(moment: datetime, name: str) -> datetime:
     if moment.tzinfo is None:
         raise InvalidInput("give a time zone offset, e.g. 2026-11-01T00:00:00Z", field=name)
-    if moment.minute or moment.second or moment.microsecond:
-        raise InvalidInput(f"{name} must be on a whole hour: rollups are hourly", field=name)
-    return moment.astimezone(UTC)
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError as error:
+        raise InvalidInput(f"{name} is outside years 1-9999 in UTC", field=name) from error
+    # On the hour in UTC, where the rollups' hours are: 10:00+05:30 is 04:30 UTC.
+    if utc.minute or utc.second or utc.microsecond:
+        raise InvalidInput(f"{name} must be on a whole hour in UTC: rollups are hourly", field=name)
+    return utc
 
 
 def _offsets(zone: ZoneInfo, start: datetime, end: datetime) -> set[int]:
@@ -152,7 +157,12 @@ def _offsets(zone: ZoneInfo, start: datetime, end: datetime) -> set[int]:
     moment = start
     step = timedelta(hours=1) if end - start <= timedelta(days=62) else timedelta(days=1)
     while moment < end:
-        offset = moment.astimezone(zone).utcoffset()
+        try:
+            offset = moment.astimezone(zone).utcoffset()
+        except OverflowError as error:
+            raise InvalidInput(
+                f"the window is outside years 1-9999 in {zone.key}", field="tz"
+            ) from error
         seen.add(int(offset.total_seconds()) if offset is not None else 0)
         moment += step
     return seen

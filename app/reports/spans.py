@@ -17,6 +17,7 @@ most 2 x 8 positions per end.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -30,7 +31,11 @@ _LAST = datetime(9999, 12, 31, tzinfo=UTC)
 # Rows a bucket of each span holds per ten an hour holds, for reports by subject: at 10M events
 # over 5,000 subjects an hour held ~1,280 rows, 12 hours ~3,850, a day ~4,500 and longer spans
 # ~4,750-4,850 (docs/reports.md). Only the choice between sums depends on them, never a result.
-_ROWS = {HOURLY: 10, 12: 30, DAILY: 35, **{hours: 37 for hours in SPAN_HOURS[1:]}}
+_ROWS = {HOURLY: 10, SPAN_HOURS[0]: 30, DAILY: 35, **{hours: 37 for hours in SPAN_HOURS[1:]}}
+# Each span a multiple of the one before, all from one origin: what makes every window a sum of
+# them (a walk from span to span lands on boundaries of both).
+if not all(longer % shorter == 0 for shorter, longer in itertools.pairwise(LEVELS)):
+    raise RuntimeError(f"each span must be a multiple of the one before: {LEVELS}")
 
 
 @dataclass(frozen=True, order=True)

@@ -161,6 +161,16 @@ def test_top_spenders(api: TestClient, usage: dict[str, Any]) -> None:
         ({"from": "2026-01-01T00:30:00Z"}, "from"),
         ({"tz": "Nowhere/Land"}, "tz"),
         ({"format": "xml"}, "format"),
+        # Days in New York before year 1.
+        (
+            {
+                "from": "0001-01-01T00:00:00Z",
+                "to": "0001-01-09T05:00:00Z",
+                "tz": "America/New_York",
+                "granularity": "day",
+            },
+            "tz",
+        ),
     ],
 )
 def test_bad_report_queries_are_problems_naming_the_field(
@@ -181,6 +191,26 @@ def test_a_window_too_early_for_its_default_start_is_a_problem_naming_to(
     response = api.get(path, params=params, headers=usage["acme"])
     assert response.status_code == 422, response.text
     assert response.json()["field"] == "to"
+
+
+@pytest.mark.parametrize("path", ["/v1/reports/spend", "/v1/reports/top"])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        # 04:30 and 10:30 UTC: not on the rollups' hours, whatever the offset's wall clock says.
+        ({"from": "2026-01-01T10:00:00+05:30", "to": "2026-03-09T10:00:00+05:30"}, "from"),
+        ({"from": "2026-01-01T10:00:00Z", "to": "2026-03-09T16:00:00+05:30"}, "to"),
+        # Before year 1 and after year 9999 once in UTC.
+        ({"to": "0001-01-31T00:00:00+14:00"}, "from"),
+        ({"from": "9999-12-01T00:00:00Z", "to": "9999-12-31T23:00:00-05:00"}, "to"),
+    ],
+)
+def test_windows_off_the_utc_hours_or_the_calendar_are_problems_naming_the_field(
+    api: TestClient, usage: dict[str, Any], path: str, params: dict[str, str], field: str
+) -> None:
+    response = api.get(path, params=params, headers=usage["acme"])
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field
 
 
 @pytest.mark.parametrize(
