@@ -67,10 +67,10 @@ SPAN_HOURS = (12, 48, 96, 192, 384, 768)
 SPAN_ORIGIN = "timestamptz '1970-01-01 00:00:00+00'"
 
 
-def span_bucket(hours: int | str, column: str = "bucket") -> str:
-    """SQL for the start of the ``hours``-hour bucket (a number or a SQL expression) holding
-    ``column``."""
-    return f"date_bin(make_interval(hours => {hours}), {column}, {SPAN_ORIGIN})"
+def span_bucket(hours: int | str) -> str:
+    """SQL for the start of the ``hours``-hour bucket (a number or a SQL expression) holding an
+    hourly or daily ``bucket``."""
+    return f"date_bin(make_interval(hours => {hours}), bucket, {SPAN_ORIGIN})"
 
 
 # All spend per bucket, model, provider and call type (migration 0014): what reports grouped and
@@ -415,13 +415,13 @@ def _verify_narrow_tables(conn: Connection, since: str, params: dict[str, Any]) 
         keys = ", ".join(key)
         rebuilt = f"(SELECT {keys}, {SUMMED} FROM replay_{wide} WHERE {rows} GROUP BY {keys})"
         found += _compare(conn, table, rebuilt, key, since, params)
-    _rebuild_spans(conn, params)
+    _rebuild_spans(conn)
     key = ("org", "span_hours", "bucket", *SUBJECT_KEYS)
     found += _compare(conn, SUBJECT_SPAN, f"replay_{SUBJECT_SPAN}", key, since, params)
     return found
 
 
-def _rebuild_spans(conn: Connection, params: dict[str, Any]) -> None:
+def _rebuild_spans(conn: Connection) -> None:
     """The subject spans from the rebuilt wide rollups: 12 hours from the hourly rows, 2 days
     from the daily ones, and each longer span from the one before it (twice as short), as
     migration 0016 fills them: sums of integers, exact in any grouping."""
@@ -443,7 +443,7 @@ def _rebuild_spans(conn: Connection, params: dict[str, Any]) -> None:
         )
         if hours == SPAN_HOURS[0]:
             conn.execute(text(f"DROP TABLE IF EXISTS pg_temp.{scratch}"))
-            conn.execute(text(f"CREATE TEMP TABLE {scratch} ON COMMIT DROP AS {query}"), params)
+            conn.execute(text(f"CREATE TEMP TABLE {scratch} ON COMMIT DROP AS {query}"))
         else:
-            conn.execute(text(f"INSERT INTO {scratch} {query}"), params)
+            conn.execute(text(f"INSERT INTO {scratch} {query}"))
     conn.execute(text(f"ANALYZE {scratch}"))
